@@ -1,0 +1,34 @@
+"""midas_data: MIDAS misalignment-based augmentation in PyTorch data loading.
+
+The core imports with torch and numpy alone. See ``midas_data.functional`` for the math,
+``MidasObjective`` for the loss and ``MidasBatch`` for what a training step consumes.
+"""
+
+from . import functional
+from .batch import MidasBatch
+from .collate import MidasCollate
+from .dataset import MidasDataset
+from .errors import MidasDataError
+from .loader import midas_loader, set_epoch
+from .sampler import MidasBatchSampler
+from .controller import WeakModalityController
+from .models import LateFusionClassifier, MidasModel, MultimodalOutput
+from .objective import MidasObjective
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "functional",
+    "MidasBatch",
+    "MidasCollate",
+    "MidasDataset",
+    "MidasDataError",
+    "MidasBatchSampler",
+    "midas_loader",
+    "set_epoch",
+    "WeakModalityController",
+    "LateFusionClassifier",
+    "MidasModel",
+    "MultimodalOutput",
+    "MidasObjective",
+]

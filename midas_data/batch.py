@@ -1,0 +1,134 @@
+"""``MidasBatch``: what one MIDAS training step consumes.
+
+A batch carries the aligned inputs once and a pair plan that says how the misaligned
+rows recombine them. In feature-level mode that is all (the objective swaps features);
+in input-level mode the misaligned inputs are materialised too, by indexing the inputs
+already in memory, never by reading samples again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .functional import plan_anchors
+
+__all__ = ["MidasBatch", "take_rows", "move_to"]
+
+
+def take_rows(value: Any, rows: torch.Tensor, key: str = "input") -> Any:
+    """Rows ``rows`` of a collated modality value, on the value's own device.
+
+    Handles tensors, numpy arrays, mappings of those (tokenizer output), lists and tuples
+    with one entry per sample; anything else raises a ``TypeError`` naming ``key``.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.index_select(0, rows.to(value.device))
+    if isinstance(value, np.ndarray):
+        return value[rows.cpu().numpy()]
+    if isinstance(value, Mapping):
+        return type(value)({k: take_rows(v, rows, f"{key}.{k}") for k, v in value.items()})  # type: ignore[call-arg]
+    if isinstance(value, (list, tuple)):
+        picked = [value[i] for i in rows.tolist()]
+        return picked if isinstance(value, list) else tuple(picked)
+    raise TypeError(
+        f"{key}: cannot select rows of a {type(value).__name__}; collate this modality to a tensor, "
+        "an array, a mapping of tensors or a list with one entry per sample"
+    )
+
+
+def move_to(value: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
+    """``value`` with every tensor inside moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=non_blocking)
+    if isinstance(value, Mapping):
+        return type(value)({k: move_to(v, device, non_blocking) for k, v in value.items()})  # type: ignore[call-arg]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        return type(value)(v.to(device, non_blocking=non_blocking) for v in value)
+    return value
+
+
+def _pin(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.pin_memory()
+    if isinstance(value, Mapping):
+        return type(value)({k: _pin(v) for k, v in value.items()})  # type: ignore[call-arg]
+    return value
+
+
+@dataclass
+class MidasBatch:
+    """One MIDAS batch.
+
+    Attributes:
+        inputs: modality name -> collated aligned input (``B`` rows).
+        labels: ``LongTensor [B]`` class ids.
+        ids: ``LongTensor [B]`` global sample ids (dataset indices), int64 always.
+        plan: ``LongTensor [K, M]``, for each misaligned row the batch row of each
+            modality, columns in the order of ``modalities``.
+        modalities: modality names, the order of the plan's columns.
+        misaligned_inputs: input-level mode only: modality name -> ``K`` rows.
+        num_unpaired: misaligned rows asked for but not formed (no other-class partner).
+        extras: other collated keys of the items, passed through untouched.
+    """
+
+    inputs: dict[str, Any]
+    labels: torch.Tensor
+    ids: torch.Tensor
+    plan: torch.Tensor
+    modalities: tuple[str, ...]
+    misaligned_inputs: dict[str, Any] | None = None
+    num_unpaired: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_misaligned(self) -> int:
+        return int(self.plan.shape[0])
+
+    @property
+    def anchors(self) -> torch.Tensor:
+        """``[K]``: the aligned row each misaligned row was built for."""
+        return plan_anchors(self.plan)
+
+    @property
+    def source_labels(self) -> torch.Tensor:
+        """``[K, M]``: the class of each component of each misaligned row."""
+        return self.labels[self.plan]
+
+    def materialize(self) -> dict[str, Any]:
+        """The misaligned inputs: materialised ones if present, else built now from
+        ``inputs`` (on their device; cheap on a GPU, no host round trip)."""
+        if self.misaligned_inputs is not None:
+            return self.misaligned_inputs
+        return {m: take_rows(self.inputs[m], self.plan[:, i], m) for i, m in enumerate(self.modalities)}
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "MidasBatch":
+        return replace(
+            self,
+            inputs=move_to(self.inputs, device, non_blocking),
+            labels=self.labels.to(device, non_blocking=non_blocking),
+            ids=self.ids.to(device, non_blocking=non_blocking),
+            plan=self.plan.to(device, non_blocking=non_blocking),
+            misaligned_inputs=None
+            if self.misaligned_inputs is None
+            else move_to(self.misaligned_inputs, device, non_blocking),
+            extras=move_to(self.extras, device, non_blocking),
+        )
+
+    def pin_memory(self) -> "MidasBatch":
+        """Called by ``DataLoader(pin_memory=True)`` in its pinning thread."""
+        return replace(
+            self,
+            inputs=_pin(self.inputs),
+            labels=self.labels.pin_memory(),
+            ids=self.ids.pin_memory(),
+            plan=self.plan.pin_memory(),
+            misaligned_inputs=None if self.misaligned_inputs is None else _pin(self.misaligned_inputs),
+            extras=_pin(self.extras),
+        )

@@ -1,0 +1,166 @@
+"""``MidasCollate``: a batch transform that turns loaded samples into a ``MidasBatch``.
+
+It runs where ``collate_fn`` runs, inside the DataLoader workers: it validates the
+items, collates each modality once, plans the misaligned rows and, in input-level mode,
+materialises them by indexing the collated inputs (no sample is read twice).
+
+The plan of a batch is drawn from a generator seeded by ``(seed, epoch, sample ids of the
+batch)``, so the same batch gets the same plan whichever worker builds it and however many
+workers there are, and a new epoch gets new plans.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+
+from .batch import MidasBatch, take_rows
+from .errors import MidasDataError
+from .functional import PARTNER_RULES, plan_pairs
+
+__all__ = ["MidasCollate", "ModalityKeys", "plan_seed", "MODES"]
+
+MODES = ("feature", "input")
+Key = str | int
+ModalityKeys = Sequence[str] | Mapping[str, Key]
+CollateFn = Callable[[list[Any]], Any]
+
+
+def plan_seed(seed: int, epoch: int, ids: Sequence[int]) -> int:
+    """A 63-bit generator seed from the loader seed, the epoch and the batch's sample ids."""
+    state = np.random.SeedSequence([seed & (2**63 - 1), epoch & (2**63 - 1), *ids]).generate_state(2, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def _as_label(value: Any, sample_id: int, key: Key) -> int:
+    if isinstance(value, bool) or isinstance(value, np.bool_):
+        raise MidasDataError(f"sample {sample_id}: label {key!r} is a bool; expected an integer class id")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    integer_tensor = isinstance(value, torch.Tensor) and not value.dtype.is_floating_point and not value.dtype.is_complex
+    if integer_tensor and value.numel() == 1 and value.dtype != torch.bool:
+        return int(value.item())
+    if isinstance(value, np.ndarray) and value.size == 1 and np.issubdtype(value.dtype, np.integer):
+        return int(value.item())
+    raise MidasDataError(
+        f"sample {sample_id}: label {key!r} is {value!r} ({type(value).__name__}); expected an integer class id"
+    )
+
+
+class MidasCollate:
+    """Collate ``(sample_id, item)`` pairs from :class:`~midas_data.dataset.MidasDataset`.
+
+    Args:
+        modalities: the modality keys of an item, in plan-column order. For dict items a
+            sequence of keys (``("audio", "video")``); for tuple items a mapping of names
+            to positions (``{"audio": 0, "video": 1}``).
+        label_key: the label's key (dict items) or position (tuple items).
+        mode: ``"feature"`` — the batch carries the pair plan only and the objective swaps
+            features; ``"input"`` — the misaligned inputs are materialised too, for models
+            that fuse modalities before or inside their encoders.
+        seed: base seed of the plans.
+        rule: partner rule, ``"different_label"`` (paper) or ``"any"`` (reference code).
+        modality_collate: per-modality collate functions, e.g. a tokenizer's padding
+            collator for text; the default is ``torch.utils.data.default_collate``.
+        epoch: a shared ``int64`` tensor holding the current epoch, written by the sampler
+            in the main process and read here in the workers.
+    """
+
+    def __init__(
+        self,
+        modalities: ModalityKeys,
+        label_key: Key = "label",
+        *,
+        mode: str = "feature",
+        seed: int = 0,
+        rule: str = "different_label",
+        modality_collate: Mapping[str, CollateFn] | None = None,
+        epoch: torch.Tensor | None = None,
+    ) -> None:
+        if isinstance(modalities, Mapping):
+            self.keys: dict[str, Key] = dict(modalities)
+        else:
+            self.keys = {str(k): k for k in modalities}
+        if len(self.keys) < 2:
+            raise ValueError(f"modalities: MIDAS needs at least two modality keys, got {list(self.keys)}")
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        if rule not in PARTNER_RULES:
+            raise ValueError(f"rule: expected one of {PARTNER_RULES}, got {rule!r}")
+        unknown = set(modality_collate or {}) - set(self.keys)
+        if unknown:
+            raise ValueError(f"modality_collate: names {sorted(unknown)} are not modalities {list(self.keys)}")
+        self.modalities = tuple(self.keys)
+        self.label_key = label_key
+        self.mode = mode
+        self.seed = int(seed)
+        self.rule = rule
+        self.modality_collate = dict(modality_collate or {})
+        self.epoch = epoch if epoch is not None else torch.zeros((), dtype=torch.int64)
+
+    def __call__(self, samples: list[tuple[int, Any]]) -> MidasBatch:
+        if not samples:
+            raise MidasDataError("batch: is empty")
+        if not (isinstance(samples[0], tuple) and len(samples[0]) == 2 and isinstance(samples[0][0], int)):
+            raise MidasDataError(
+                "batch: expected (sample_id, item) pairs from MidasDataset; wrap the dataset with "
+                "MidasDataset or use midas_loader"
+            )
+        ids = [sid for sid, _ in samples]
+        labels = torch.tensor([self._label(sid, item) for sid, item in samples], dtype=torch.int64)
+        inputs = {name: self._collate_modality(name, key, samples) for name, key in self.keys.items()}
+        generator = torch.Generator().manual_seed(plan_seed(self.seed, int(self.epoch), ids))
+        plan = plan_pairs(labels, len(self.modalities), generator, self.rule)
+        batch = MidasBatch(
+            inputs=inputs,
+            labels=labels,
+            ids=torch.tensor(ids, dtype=torch.int64),
+            plan=plan.sources,
+            modalities=self.modalities,
+            num_unpaired=plan.num_unpaired,
+        )
+        if self.mode == "input":
+            batch.misaligned_inputs = {
+                name: take_rows(inputs[name], plan.sources[:, col], name) for col, name in enumerate(self.modalities)
+            }
+        return batch
+
+    # -- per-item checks -----------------------------------------------------------------
+    def _field(self, sample_id: int, item: Any, key: Key, what: str) -> Any:
+        try:
+            return item[key]
+        except (KeyError, IndexError, TypeError):
+            if isinstance(item, Mapping):
+                have = f"keys {sorted(map(str, item))}"
+            elif isinstance(item, Sequence):
+                have = f"a {type(item).__name__} of length {len(item)}"
+            else:
+                have = f"a {type(item).__name__}"
+            raise MidasDataError(f"sample {sample_id}: has no {what} {key!r}; the item is {have}") from None
+
+    def _label(self, sample_id: int, item: Any) -> int:
+        return _as_label(self._field(sample_id, item, self.label_key, "label"), sample_id, self.label_key)
+
+    def _collate_modality(self, name: str, key: Key, samples: list[tuple[int, Any]]) -> Any:
+        values = [self._field(sid, item, key, "modality") for sid, item in samples]
+        collate = self.modality_collate.get(name, default_collate)
+        try:
+            return collate(values)
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise MidasDataError(self._collate_failure(name, samples, values, err)) from err
+
+    @staticmethod
+    def _collate_failure(name: str, samples: list[tuple[int, Any]], values: list[Any], err: Exception) -> str:
+        shapes = [tuple(getattr(v, "shape", ())) for v in values]
+        for (sid, _), shape in zip(samples, shapes):
+            if shape != shapes[0]:
+                return (
+                    f"sample {sid}: modality {name!r} has shape {shape} but sample {samples[0][0]} has "
+                    f"{shapes[0]}; resize in the dataset's transform or pass modality_collate={{{name!r}: ...}} "
+                    "that pads"
+                )
+        return f"modality {name!r}: could not collate samples {[sid for sid, _ in samples][:8]}: {err}"

@@ -1,0 +1,277 @@
+"""Offline image + speech digits: a small two-modality benchmark with a built-in imbalance.
+
+Each item pairs one of scikit-learn's 1797 bundled 8x8 handwritten digits
+(``sklearn.datasets.load_digits``) with a spoken clip of the *same* digit.  The
+clips ("zero".."nine", 60 synthetic speakers x 10 words, 8 kHz, 0.8 s) ship in
+``data/spoken_digits.npz`` and are rebuilt with ``python scripts/make_demo_data.py``.
+
+The two modalities are deliberately unequal, mimicking the audio/visual
+benchmarks on which modality imbalance is usually studied:
+
+* **audio (strong)**: background noise (random spectral tilt between white and
+  brown-ish, power set relative to the speech portion of the clip) is mixed in
+  at ``audio_snr_db`` (default 0 dB), then a log-mel spectrogram is computed.
+* **image (weak)**: pixels are scaled to [0, 1] and Gaussian noise of standard
+  deviation ``image_noise`` (default 0.8, not clipped) is added.
+
+Both kinds of noise are drawn from a generator seeded by ``(seed, split,
+index)``, so item ``i`` is identical on every read while different items (and
+different uses of the same clip) get different noise.
+
+Measured with these defaults, seed 0, models trained on ``train`` for 30
+epochs and scored on ``val`` (the test split was not used for calibration):
+
+================================================  ==========
+model                                             val acc.
+================================================  ==========
+audio only (small 2-D CNN on the log-mel)          about 0.91
+image only (small MLP on the 64 pixels)            about 0.63
+late fusion (sum of both logits, trained jointly)  about 0.92
+  - its audio branch alone                         about 0.89
+  - its image branch alone                         about 0.23
+================================================  ==========
+
+so joint training learns mostly from audio and leaves the image branch far
+below what that modality can reach on its own.
+
+Splits follow the usual 70/10/20 protocol: the 1797 images are split with a
+stratified ``train_test_split`` (every class in every split).  The clips are
+split *by speaker* with the same proportions (42/6/12 speakers), so val and
+test items are voiced by speakers (each with its own espeak-ng voice variant)
+that never occur in train.  Within a split, each image of digit ``c`` is paired
+with a clip of ``c`` from that split's speakers, cycling through them in a
+seeded order so every clip is used about equally often.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+DATA_PATH = Path(__file__).parent / "data" / "spoken_digits.npz"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SPLIT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+DEFAULT_IMAGE_NOISE = 0.8
+DEFAULT_AUDIO_SNR_DB = 0.0
+
+# Log-mel front end at 8 kHz: 25 ms windows, 12.5 ms hop -> 65 frames per clip.
+N_FFT = 256
+WIN_LENGTH = 200
+HOP_LENGTH = 100
+
+
+def _missing_file_error(path: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"spoken-digit clips not found at {path}. Regenerate them from a source checkout with "
+        "`python scripts/make_demo_data.py` (needs espeak-ng), or reinstall the package so that "
+        "midas_data/demo/data/spoken_digits.npz is included."
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _load_clips(path: str) -> dict[str, np.ndarray]:
+    """Read the clip archive once per process (three splits share it)."""
+    file = Path(path)
+    if not file.is_file():
+        raise _missing_file_error(file)
+    with np.load(file, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    for key in ("waveforms", "labels", "speaker", "speech_length", "sample_rate"):
+        if key not in arrays:
+            raise ValueError(f"{file} lacks array {key!r}; regenerate it with `python scripts/make_demo_data.py`")
+    for array in arrays.values():
+        array.setflags(write=False)
+    return arrays
+
+
+@functools.lru_cache(maxsize=1)
+def _load_images() -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's bundled digits as float32 [1797, 8, 8] in [0, 1] and int64 labels."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("the demo dataset needs scikit-learn: pip install 'midas-data[demo]'") from err
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)
+    labels = digits.target.astype(np.int64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+@functools.lru_cache(maxsize=8)
+def _partition(seed: int, path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per split: (image indices, paired clip indices); deterministic in ``seed``."""
+    from sklearn.model_selection import train_test_split
+
+    _, image_labels = _load_images()
+    all_idx = np.arange(len(image_labels))
+    rest, test = train_test_split(
+        all_idx, test_size=SPLIT_FRACTIONS["test"], stratify=image_labels, random_state=seed
+    )
+    val_share = SPLIT_FRACTIONS["val"] / (1.0 - SPLIT_FRACTIONS["test"])
+    train, val = train_test_split(
+        rest, test_size=val_share, stratify=image_labels[rest], random_state=seed
+    )
+    image_split = {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+    clips = _load_clips(path)
+    rng = np.random.default_rng([seed, 7919])
+    speakers = rng.permutation(np.unique(clips["speaker"]))
+    n_test = round(SPLIT_FRACTIONS["test"] * len(speakers))
+    n_val = round(SPLIT_FRACTIONS["val"] * len(speakers))
+    speaker_split = {
+        "test": speakers[:n_test],
+        "val": speakers[n_test:n_test + n_val],
+        "train": speakers[n_test + n_val:],
+    }
+
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for code, split in enumerate(SPLITS):
+        images = image_split[split]
+        pool = np.flatnonzero(np.isin(clips["speaker"], speaker_split[split]))
+        paired = np.empty(len(images), dtype=np.int64)
+        pair_rng = np.random.default_rng([seed, code, 104729])
+        for digit in range(DigitsSpeechDataset.num_classes):
+            slots = np.flatnonzero(image_labels[images] == digit)
+            candidates = pool[clips["labels"][pool] == digit]
+            if len(candidates) == 0:
+                raise ValueError(f"no clip of digit {digit} for split {split!r}")
+            # Concatenated permutations: balanced reuse, seeded order.
+            reps = -(-len(slots) // len(candidates))
+            order = np.concatenate([pair_rng.permutation(candidates) for _ in range(reps)])
+            paired[slots] = order[: len(slots)]
+        out[split] = (images, paired)
+    return out
+
+
+class DigitsSpeechDataset(Dataset):
+    """One split of the image + speech digits (see the module docstring).
+
+    ``__getitem__`` returns ``{"image": float32 [1, 8, 8], "audio": float32
+    [1, n_mels, 65], "label": int}``; the noise and the log-mel are computed on
+    read, so the dataset stays small in memory and behaves like one that decodes
+    files.  ``audio_snr_db=None`` and ``image_noise=0`` give clean inputs.
+    """
+
+    num_classes: int = 10
+    modalities: tuple[str, ...] = ("image", "audio")
+
+    def __init__(
+        self,
+        split: str = "train",
+        *,
+        seed: int = 0,
+        image_noise: float = DEFAULT_IMAGE_NOISE,
+        audio_snr_db: float | None = DEFAULT_AUDIO_SNR_DB,
+        n_mels: int = 32,
+        normalize_audio: bool = True,
+        data_path: str | Path | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if image_noise < 0:
+            raise ValueError("image_noise is a standard deviation and must be >= 0")
+        import torchaudio  # lazy: only the demo needs it
+
+        path = str(Path(data_path) if data_path is not None else DATA_PATH)
+        clips = _load_clips(path)
+        images, image_labels = _load_images()
+        image_idx, clip_idx = _partition(seed, path)[split]
+
+        self.split = split
+        self.seed = seed
+        self.image_noise = float(image_noise)
+        self.audio_snr_db = None if audio_snr_db is None else float(audio_snr_db)
+        self.normalize_audio = normalize_audio
+        self.sample_rate = int(clips["sample_rate"])
+        self.image_index = image_idx  # rows of sklearn's load_digits()
+        self.clip_index = clip_idx  # rows of spoken_digits.npz
+        self.labels = image_labels[image_idx]
+        self.speakers = clips["speaker"][clip_idx]
+        self._images = images
+        self._waveforms = clips["waveforms"]
+        self._speech_length = np.minimum(clips["speech_length"], self._waveforms.shape[1])
+        self._split_code = SPLITS.index(split)
+        self._mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=self.sample_rate,
+            n_fft=N_FFT,
+            win_length=WIN_LENGTH,
+            hop_length=HOP_LENGTH,
+            f_min=50.0,
+            f_max=self.sample_rate / 2,
+            n_mels=n_mels,
+            power=2.0,
+        )
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        index = int(index) % len(self)
+        # Separate streams so changing one modality's noise leaves the other's alone.
+        key = [self.seed, self._split_code, index]
+        return {
+            "image": self._image(index, np.random.default_rng(key + [0])),
+            "audio": self._audio(index, np.random.default_rng(key + [1])),
+            "label": int(self.labels[index]),
+        }
+
+    def _image(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        image = self._images[self.image_index[index]]
+        if self.image_noise > 0:
+            image = image + rng.normal(0.0, self.image_noise, size=image.shape).astype(np.float32)
+        return torch.tensor(image, dtype=torch.float32).unsqueeze(0)
+
+    def _audio(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        clip = self.clip_index[index]
+        wave = self._waveforms[clip].astype(np.float32) / 32768.0
+        if self.audio_snr_db is not None:
+            # SNR over the speech portion, not the padded window.
+            speech_power = float(np.sum(wave**2)) / max(int(self._speech_length[clip]), 1)
+            noise = _coloured_noise(len(wave), rng)
+            wave = wave + noise * float(np.sqrt(speech_power / 10 ** (self.audio_snr_db / 10)))
+        with torch.no_grad():
+            spec = torch.log(self._mel(torch.from_numpy(wave)) + 1e-6)
+            if self.normalize_audio:
+                spec = (spec - spec.mean()) / (spec.std() + 1e-5)
+        return spec.unsqueeze(0)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(split={self.split!r}, n={len(self)}, seed={self.seed}, "
+            f"image_noise={self.image_noise}, audio_snr_db={self.audio_snr_db})"
+        )
+
+
+def _coloured_noise(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit-power noise with a random 1/f^beta spectrum, beta in [0, 1.5] (white to brown-ish)."""
+    beta = rng.uniform(0.0, 1.5)
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n)
+    freqs[0] = freqs[1]
+    noise = np.fft.irfft(spectrum * freqs ** (-beta / 2), n)
+    return (noise / np.sqrt(np.mean(noise**2))).astype(np.float32)
+
+
+def load_demo_splits(
+    seed: int = 0,
+    image_noise: float = DEFAULT_IMAGE_NOISE,
+    audio_snr_db: float | None = DEFAULT_AUDIO_SNR_DB,
+    **kwargs: Any,
+) -> dict[str, DigitsSpeechDataset]:
+    """The stratified 70/10/20 train/val/test splits; extra keywords go to the dataset."""
+    return {
+        split: DigitsSpeechDataset(
+            split, seed=seed, image_noise=image_noise, audio_snr_db=audio_snr_db, **kwargs
+        )
+        for split in SPLITS
+    }

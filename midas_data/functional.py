@@ -1,0 +1,311 @@
+"""The MIDAS math as pure tensor functions: no state, no I/O, no framework glue.
+
+Notation follows the paper (Hwang, Choi, Whang, NeurIPS 2025). A batch holds ``B``
+aligned samples with ``M`` modalities and ``C`` classes. A *pair plan* describes ``K``
+misaligned rows: ``plan[k, m]`` is the batch row whose modality ``m`` the misaligned row
+``k`` takes, and ``anchors[k]`` is the aligned row it was built for (its "original"
+sample, whose replaced modalities define the hard-sample similarity).
+
+Every function takes its device from its tensor arguments and never synchronises with
+the device except where a Python value is unavoidable (input validation of shapes).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "PairPlan",
+    "plan_partners",
+    "plan_pairs",
+    "plan_anchors",
+    "replaced_mask",
+    "source_labels",
+    "gather_confidences",
+    "normalized_confidences",
+    "soft_labels",
+    "fusion_confidence_ratio",
+    "hard_sample_weights",
+    "misaligned_loss",
+    "swap_features",
+]
+
+PARTNER_RULES = ("different_label", "any")
+
+
+class PairPlan(NamedTuple):
+    """A pair plan with its bookkeeping.
+
+    ``sources`` is ``[K, M]`` (batch rows per modality), ``anchors`` is ``[K]`` (the aligned
+    row each misaligned row was built for) and ``num_unpaired`` counts the rows that were
+    asked for but could not be formed because the batch had no valid partner.
+    """
+
+    sources: torch.Tensor
+    anchors: torch.Tensor
+    num_unpaired: int
+
+
+def _check_labels(labels: torch.Tensor) -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels: expected a torch.Tensor, got {type(labels).__name__}")
+    if labels.dim() != 1:
+        raise ValueError(f"labels: expected shape [B], got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"labels: expected an integer tensor of class ids, got {labels.dtype}")
+
+
+def plan_pairs(
+    labels: torch.Tensor,
+    num_modalities: int = 2,
+    generator: torch.Generator | None = None,
+    rule: str = "different_label",
+) -> PairPlan:
+    """Plan the misaligned rows of one batch.
+
+    Paper semantics (``rule="different_label"``): for every aligned row ``i`` a partner is
+    drawn uniformly among the batch rows of another class. With two modalities each anchor
+    gives two rows, ``(x_i^1, x_j^2)`` and ``(x_j^1, x_i^2)``; with ``M > 2`` each anchor
+    gives ``M`` rows, row ``r`` keeping modality ``r`` from the anchor and drawing every
+    other modality from its own random source, with at least one source of another class.
+
+    ``rule="any"`` is the reference code's form: a random permutation of the batch, so
+    partners may share the label or be the anchor itself.
+
+    Rows are ordered direction-major: all anchors for kept modality 0, then all for kept
+    modality 1, and so on. An anchor with no valid partner (its class is the only one in
+    the batch) gets no row; ``num_unpaired`` counts them so that callers can report them.
+    The random draws are made on ``generator``'s device (CPU by default) and the result
+    is moved to the labels' device.
+    """
+    _check_labels(labels)
+    if num_modalities < 2:
+        raise ValueError(f"num_modalities: MIDAS needs at least 2 modalities, got {num_modalities}")
+    if rule not in PARTNER_RULES:
+        raise ValueError(f"rule: expected one of {PARTNER_RULES}, got {rule!r}")
+    device = labels.device
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    y = labels.to(gen_device)
+    batch = y.numel()
+    rows = torch.arange(batch, device=gen_device)
+
+    if rule == "any":
+        partner = torch.randperm(batch, generator=generator, device=gen_device)
+        valid = torch.ones(batch, dtype=torch.bool, device=gen_device)
+        if num_modalities > 2:
+            extra = torch.randint(
+                batch, (num_modalities, batch, num_modalities), generator=generator, device=gen_device
+            )
+    else:
+        # Uniform choice among the other-class rows: random scores, same-class rows masked.
+        other = y.unsqueeze(0) != y.unsqueeze(1)  # [B, B], other[i, j] = y_j != y_i
+        valid = other.any(dim=1)
+        scores = torch.rand(batch, batch, generator=generator, device=gen_device)
+        partner = scores.masked_fill(~other, -1.0).argmax(dim=1)
+        if num_modalities > 2:
+            # Independent sources per modality, uniform over the batch; the row keeps
+            # modality r from the anchor. At least one source must have another label:
+            # where none has, one replaced modality takes the anchor's other-class partner.
+            extra = torch.randint(
+                batch, (num_modalities, batch, num_modalities), generator=generator, device=gen_device
+            )
+            forced = torch.randint(
+                num_modalities - 1, (num_modalities, batch), generator=generator, device=gen_device
+            )
+
+    directions = []
+    for kept in range(num_modalities):
+        if num_modalities == 2:
+            src = torch.stack([rows, partner], dim=1) if kept == 0 else torch.stack([partner, rows], dim=1)
+        else:
+            src = extra[kept].clone()
+            src[:, kept] = rows
+            if rule == "different_label":
+                has_other = (y[src] != y.unsqueeze(1)).any(dim=1)
+                # forced[kept] indexes the M-1 replaced modalities; skip the kept column.
+                col = forced[kept] + (forced[kept] >= kept).long()
+                fix = ~has_other
+                src[fix, col[fix]] = partner[fix]
+        directions.append(src)
+    sources = torch.cat(directions, dim=0)
+    anchors = rows.repeat(num_modalities)
+    keep = valid.repeat(num_modalities)
+    requested = sources.shape[0]
+    if not bool(keep.all()):
+        sources, anchors = sources[keep], anchors[keep]
+    return PairPlan(sources.to(device), anchors.to(device), requested - sources.shape[0])
+
+
+def plan_partners(
+    labels: torch.Tensor,
+    num_modalities: int = 2,
+    generator: torch.Generator | None = None,
+    rule: str = "different_label",
+) -> torch.Tensor:
+    """The pair plan alone, ``LongTensor [K, M]``; see :func:`plan_pairs`.
+
+    The plan is self-describing: rows come in ``M`` equal direction blocks and row ``k``
+    keeps modality ``k // (K / M)`` from its anchor, so :func:`plan_anchors` recovers the
+    anchors, and the number of unpaired rows is ``M * B - K``.
+    """
+    return plan_pairs(labels, num_modalities, generator, rule).sources
+
+
+def plan_anchors(plan: torch.Tensor) -> torch.Tensor:
+    """The anchor row of every misaligned row of a plan from :func:`plan_pairs`, ``[K]``.
+
+    Row ``k`` lies in direction block ``k // (K / M)`` and keeps that modality from its
+    anchor, so the anchor is ``plan[k, k // (K / M)]``.
+    """
+    rows, modalities = plan.shape
+    if rows % modalities:
+        raise ValueError(
+            f"plan: {rows} rows do not split into {modalities} direction blocks; "
+            "pass the anchors explicitly for a plan not made by plan_pairs"
+        )
+    block = torch.arange(rows, device=plan.device) // max(rows // modalities, 1)
+    return plan.gather(1, block.unsqueeze(1)).squeeze(1)
+
+
+def _check_plan(plan: torch.Tensor, batch: int, name: str = "plan") -> None:
+    if plan.dim() != 2:
+        raise ValueError(f"{name}: expected shape [K, M], got {tuple(plan.shape)}")
+    if plan.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name}: expected an integer tensor of batch rows, got {plan.dtype}")
+    if plan.numel() and (int(plan.min()) < 0 or int(plan.max()) >= batch):
+        raise IndexError(
+            f"{name}: entries must be batch rows in [0, {batch}), got range "
+            f"[{int(plan.min())}, {int(plan.max())}]"
+        )
+
+
+def replaced_mask(plan: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """``[K, M]`` bool: which modalities of each misaligned row come from another sample."""
+    return plan != anchors.unsqueeze(1)
+
+
+def source_labels(labels: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+    """``[K, M]``: the class of the sample that each modality of each row comes from."""
+    return labels[plan]
+
+
+def gather_confidences(probs: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Unimodal confidence on the own label, ``[B, M]``, from ``M`` tensors ``[B, C]``."""
+    return torch.stack([p.gather(1, labels.unsqueeze(1)).squeeze(1) for p in probs], dim=1)
+
+
+def normalized_confidences(confidences: torch.Tensor) -> torch.Tensor:
+    """``c~ = c / sum_m c``, row-wise over ``[K, M]``.
+
+    A row whose confidences are all zero (possible only through underflow) gets equal
+    shares instead of NaN.
+    """
+    total = confidences.sum(dim=1, keepdim=True)
+    equal = torch.full_like(confidences, 1.0 / confidences.shape[1])
+    return torch.where(total > 0, confidences / total.clamp_min(torch.finfo(confidences.dtype).tiny), equal)
+
+
+def soft_labels(confidences: torch.Tensor, source_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The confidence-based soft target ``y~ = sum_m c~^m onehot(y_k(m))``, ``[K, C]``.
+
+    ``confidences`` ``[K, M]`` are the unimodal confidences of each component's source
+    on its own label; ``source_labels`` ``[K, M]`` are those labels. Components that share
+    a label add up. Rows sum to 1.
+    """
+    if confidences.shape != source_labels.shape or confidences.dim() != 2:
+        raise ValueError(
+            f"confidences {tuple(confidences.shape)} and source_labels {tuple(source_labels.shape)}: "
+            "expected the same shape [K, M]"
+        )
+    shares = normalized_confidences(confidences)
+    target = torch.zeros(shares.shape[0], num_classes, dtype=shares.dtype, device=shares.device)
+    return target.scatter_add_(1, source_labels.long(), shares)
+
+
+def fusion_confidence_ratio(fusion_probs: torch.Tensor, source_labels: torch.Tensor) -> torch.Tensor:
+    """``q^m = p~[y_k(m)] / sum_m' p~[y_k(m')]``, ``[K, M]``: how the fusion head splits its
+    belief between the components' classes."""
+    picked = fusion_probs.gather(1, source_labels.long())
+    return normalized_confidences(picked)
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1)
+
+
+def hard_sample_weights(
+    original_features: Sequence[torch.Tensor],
+    swapped_features: Sequence[torch.Tensor],
+    replaced: torch.Tensor | None = None,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Hard-sample weight ``w = 1 + (s + 1) / 2`` in ``[1, 2]``, ``[K]``.
+
+    ``original_features[i]`` and ``swapped_features[i]`` are ``[K, D_i]`` features of one
+    modality: of the anchor and of the sample swapped in. ``s`` is the mean cosine
+    similarity over the replaced modalities; ``replaced`` (``[K, len(features)]`` bool)
+    selects them per row where rows differ (three or more modalities); by default every
+    listed modality counts. A zero-norm feature has similarity 0, never NaN; a row with
+    no replaced modality gets ``s = 0``. The result is detached.
+    """
+    if len(original_features) != len(swapped_features) or not original_features:
+        raise ValueError(
+            "original_features and swapped_features: expected two non-empty lists of the same "
+            f"length, got {len(original_features)} and {len(swapped_features)}"
+        )
+    sims = []
+    for i, (a, b) in enumerate(zip(original_features, swapped_features)):
+        if a.shape != b.shape:
+            raise ValueError(f"features of modality {i}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+        a, b = _flatten(a.detach()), _flatten(b.detach())
+        dot = (a * b).sum(dim=1)
+        norms = a.norm(dim=1) * b.norm(dim=1)
+        sims.append(dot / norms.clamp_min(eps))
+    sim = torch.stack(sims, dim=1)
+    if replaced is None:
+        mean_sim = sim.mean(dim=1)
+    else:
+        if replaced.shape != sim.shape:
+            raise ValueError(f"replaced: expected shape {tuple(sim.shape)}, got {tuple(replaced.shape)}")
+        mask = replaced.to(sim.dtype)
+        mean_sim = (sim * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+    return 1.0 + (mean_sim.clamp(-1.0, 1.0) + 1.0) / 2.0
+
+
+def misaligned_loss(
+    fusion_logits: torch.Tensor,
+    confidences: torch.Tensor,
+    source_labels: torch.Tensor,
+    alpha: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """Per-row misaligned loss ``w * (-sum_m alpha_m c~^m log p~[y_k(m)])``, ``[K]``.
+
+    ``fusion_logits`` ``[K, C]`` are the fusion head's logits on the misaligned rows,
+    ``confidences`` ``[K, M]`` the unimodal confidences of the components' sources on their
+    own labels, ``alpha`` ``[M]`` the weak-modality weights and ``weights`` ``[K]`` the
+    hard-sample weights. Confidences, alpha and weights are treated as constants: the
+    gradient flows through ``fusion_logits`` only.
+    """
+    if fusion_logits.dim() != 2 or fusion_logits.shape[0] != confidences.shape[0]:
+        raise ValueError(
+            f"fusion_logits: expected shape [K={confidences.shape[0]}, C], got {tuple(fusion_logits.shape)}"
+        )
+    if alpha.shape != (confidences.shape[1],):
+        raise ValueError(f"alpha: expected shape [{confidences.shape[1]}], got {tuple(alpha.shape)}")
+    if weights.shape != (confidences.shape[0],):
+        raise ValueError(f"weights: expected shape [{confidences.shape[0]}], got {tuple(weights.shape)}")
+    shares = normalized_confidences(confidences.detach())
+    log_p = F.log_softmax(fusion_logits, dim=1).gather(1, source_labels.long())
+    per_row = -(alpha.detach().to(log_p.dtype) * shares * log_p).sum(dim=1)
+    return weights.detach().to(per_row.dtype) * per_row
+
+
+def swap_features(features: Sequence[torch.Tensor], plan: torch.Tensor) -> list[torch.Tensor]:
+    """Feature-level misalignment: modality ``m`` of row ``k`` is ``features[m][plan[k, m]]``."""
+    if plan.shape[1] != len(features):
+        raise ValueError(f"plan: expected {len(features)} columns (one per modality), got {plan.shape[1]}")
+    return [f.index_select(0, plan[:, m]) for m, f in enumerate(features)]

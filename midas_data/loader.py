@@ -1,0 +1,63 @@
+"""``midas_loader``: a standard ``DataLoader`` that yields :class:`MidasBatch` objects.
+
+It only wires the three parts together, each of which can be used on its own with a
+DataLoader of your own: :class:`MidasDataset` (tags items with ids),
+:class:`MidasBatchSampler` (the epoch plan) and :class:`MidasCollate` (builds the batch
+in the workers).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch.utils.data import DataLoader
+
+from .collate import CollateFn, Key, MidasCollate, ModalityKeys
+from .dataset import MidasDataset
+from .sampler import MidasBatchSampler, shared_epoch
+
+__all__ = ["midas_loader", "set_epoch"]
+
+
+def midas_loader(
+    dataset: Any,
+    modalities: ModalityKeys,
+    label_key: Key = "label",
+    *,
+    batch_size: int,
+    mode: str = "feature",
+    shuffle: bool = True,
+    seed: int = 0,
+    drop_last: bool = False,
+    rule: str = "different_label",
+    modality_collate: Mapping[str, CollateFn] | None = None,
+    loader_class: type[DataLoader] = DataLoader,
+    **loader_kwargs: Any,
+) -> DataLoader:
+    """A DataLoader of MIDAS batches over ``dataset``.
+
+    ``loader_kwargs`` go to the DataLoader (``num_workers``, ``pin_memory``,
+    ``persistent_workers``, ``prefetch_factor``, ``multiprocessing_context``...);
+    ``loader_class`` may be torchdata's ``StatefulDataLoader``. Call
+    ``set_epoch(loader, epoch)`` (or ``loader.batch_sampler.set_epoch``) before each epoch.
+    """
+    for taken in ("sampler", "batch_sampler", "collate_fn", "batch_size", "shuffle", "drop_last"):
+        if taken in loader_kwargs:
+            raise TypeError(f"midas_loader sets {taken!r} itself; build the DataLoader by hand to choose your own")
+    wrapped = dataset if isinstance(dataset, MidasDataset) else MidasDataset(dataset)
+    epoch = shared_epoch()
+    batch_sampler = MidasBatchSampler(
+        len(wrapped), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, epoch=epoch
+    )
+    collate = MidasCollate(
+        modalities, label_key, mode=mode, seed=seed, rule=rule, modality_collate=modality_collate, epoch=epoch
+    )
+    return loader_class(wrapped, batch_sampler=batch_sampler, collate_fn=collate, **loader_kwargs)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Set the epoch of a loader made by :func:`midas_loader` (order and pair plans)."""
+    sampler = getattr(loader, "batch_sampler", None)
+    if not hasattr(sampler, "set_epoch"):
+        raise TypeError("loader: its batch_sampler has no set_epoch; was it made by midas_loader?")
+    sampler.set_epoch(epoch)  # type: ignore[union-attr]

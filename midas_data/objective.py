@@ -1,0 +1,301 @@
+"""``MidasObjective``: the complete MIDAS training loss (paper section 3.6).
+
+    L_align = CE(p_i, y_i)                              aligned rows, fusion head
+    L_uni   = sum_m CE(p_i^m, y_i)                      aligned rows, unimodal heads
+    L_mis   = w * (-sum_m alpha_m c~^m log p~[y_k(m)])  misaligned rows
+    L_total = mean_B(L_align + L_uni) + lambda * mean_K(L_mis)
+
+During the first ``warmup_epochs`` only ``L_uni`` is trained so that the unimodal
+confidences mean something before they label anything. Confidences, soft-label shares,
+similarities and ``q`` are constants; ``L_mis`` trains the fusion head and, through the
+recombined features, the encoders.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from . import functional as MF
+from .batch import MidasBatch
+from .controller import VARIANTS, WeakModalityController
+from .models import MultimodalOutput
+
+__all__ = ["MidasObjective"]
+
+Fuse = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+class MidasObjective:
+    """The MIDAS loss with its weak-modality controller.
+
+    Args:
+        num_classes: ``C``.
+        modalities: modality names, in the order of the pair plan's columns.
+        warmup_epochs: epochs ``E_w`` of unimodal-only training.
+        lam: weight ``lambda`` of the misaligned loss (1 in the paper, 5 on Kinetics-Sounds).
+        eta: alpha step size.
+        alpha_max: upper clip of alpha; ``None`` for none.
+        variant: ``"paper"`` (default) or ``"reference"``, the authors' code: mean instead of
+            sum over the unimodal losses, and the scalar-alpha controller
+            (see :class:`~midas_data.controller.WeakModalityController`).
+        weak_modality_weighting: ablation switch; ``False`` keeps alpha at 1.
+        hard_sample_weighting: ablation switch; ``False`` sets every hard weight to 1.
+        validate: check shapes, label range and finiteness of the logits every step. Costs
+            one device synchronisation per step; turn off once a pipeline is known good.
+
+    Call it with the model's output on the aligned batch and either a :class:`MidasBatch`
+    or ``labels`` and ``plan``; pass ``fuse`` (feature-level: the fusion head on recombined
+    features) or ``misaligned_logits`` (input-level: the fusion logits of the model run on
+    the materialised misaligned inputs). It returns ``(loss, diagnostics)``; diagnostics are
+    detached tensors (no host synchronisation) plus Python ints known on the host.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        modalities: tuple[str, ...] | list[str],
+        *,
+        warmup_epochs: int = 0,
+        lam: float = 1.0,
+        eta: float = 0.05,
+        alpha_max: float | None = 10.0,
+        variant: str = "paper",
+        weak_modality_weighting: bool = True,
+        hard_sample_weighting: bool = True,
+        validate: bool = True,
+    ) -> None:
+        if num_classes < 2:
+            raise ValueError(f"num_classes: expected at least 2, got {num_classes}")
+        modalities = tuple(modalities)
+        if len(modalities) < 2 or len(set(modalities)) != len(modalities):
+            raise ValueError(f"modalities: expected at least two distinct names, got {modalities}")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+        if warmup_epochs < 0 or lam < 0:
+            raise ValueError(f"warmup_epochs and lam must be >= 0, got {warmup_epochs} and {lam}")
+        self.num_classes = num_classes
+        self.modalities = modalities
+        self.warmup_epochs = warmup_epochs
+        self.lam = float(lam)
+        self.variant = variant
+        self.weak_modality_weighting = weak_modality_weighting
+        self.hard_sample_weighting = hard_sample_weighting
+        self.validate = validate
+        self.controller = WeakModalityController(len(modalities), eta=eta, alpha_max=alpha_max, variant=variant)
+        self.epoch = 0
+
+    # -- state -------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.epoch < self.warmup_epochs
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.controller.alpha
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "controller": self.controller.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.epoch = int(state["epoch"])
+
+    # -- the loss ----------------------------------------------------------------------
+    def __call__(
+        self,
+        output: MultimodalOutput,
+        batch: MidasBatch | None = None,
+        *,
+        labels: torch.Tensor | None = None,
+        plan: torch.Tensor | None = None,
+        anchors: torch.Tensor | None = None,
+        num_unpaired: int = 0,
+        fuse: Fuse | None = None,
+        misaligned_logits: torch.Tensor | None = None,
+        update_alpha: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        if batch is not None:
+            if labels is not None or plan is not None:
+                raise ValueError("pass either batch or labels/plan, not both")
+            labels, plan, num_unpaired = batch.labels, batch.plan, batch.num_unpaired
+            if tuple(batch.modalities) != self.modalities:
+                raise ValueError(
+                    f"batch.modalities {tuple(batch.modalities)} differ from the objective's {self.modalities}"
+                )
+        if labels is None:
+            raise ValueError("labels: required (or pass a MidasBatch)")
+        features = [output.features[m] for m in self._require(output.features, "output.features")]
+        uni_logits = [output.unimodal_logits[m] for m in self._require(output.unimodal_logits, "output.unimodal_logits")]
+        fusion_logits = output.fusion_logits
+        if self.validate:
+            self._validate_aligned(features, uni_logits, fusion_logits, labels)
+
+        loss_uni_parts = torch.stack([F.cross_entropy(lg, labels, reduction="none") for lg in uni_logits], dim=1)
+        loss_uni = loss_uni_parts.sum(dim=1) if self.variant == "paper" else loss_uni_parts.mean(dim=1)
+        loss_align = F.cross_entropy(fusion_logits, labels, reduction="none")
+        with torch.no_grad():
+            confidences = MF.gather_confidences([lg.float().softmax(dim=1) for lg in uni_logits], labels)
+
+        diagnostics: dict[str, Any] = {
+            "loss_align": loss_align.detach().mean(),
+            "loss_uni": loss_uni.detach().mean(),
+            "confidence": confidences.mean(dim=0),
+            "warmup": self.in_warmup,
+            "num_unpaired": int(num_unpaired),
+            "per_sample": {"confidence": confidences},
+        }
+        if self.in_warmup:
+            self._no_misaligned(labels, diagnostics)
+            return loss_uni.mean(), diagnostics
+        if plan is None:
+            raise ValueError("plan: required after warm-up (or pass a MidasBatch)")
+        batch_size = labels.shape[0]
+        if self.validate:
+            MF._check_plan(plan, batch_size)
+            if plan.shape[1] != len(self.modalities):
+                raise ValueError(f"plan: expected {len(self.modalities)} columns, got {plan.shape[1]}")
+        loss = (loss_align + loss_uni).mean()
+        if plan.shape[0] == 0:
+            self._no_misaligned(labels, diagnostics)
+            diagnostics["loss_mis"] = loss.new_zeros(())
+            return loss, diagnostics
+
+        if anchors is None:
+            anchors = MF.plan_anchors(plan)
+        mis_logits = self._misaligned_logits(features, plan, fuse, misaligned_logits)
+        src_labels = labels[plan]
+        # c^m of row k: the unimodal confidence of its modality-m source on that source's label.
+        row_conf = confidences.gather(0, plan)
+        replaced = MF.replaced_mask(plan, anchors)
+        if self.hard_sample_weighting:
+            originals = [f.index_select(0, anchors) for f in features]
+            swapped = [f.index_select(0, plan[:, m]) for m, f in enumerate(features)]
+            weights = MF.hard_sample_weights(originals, swapped, replaced)
+        else:
+            weights = torch.ones(plan.shape[0], dtype=row_conf.dtype, device=row_conf.device)
+        if self.weak_modality_weighting:
+            alpha = self.controller.loss_weights(confidences)
+        else:
+            alpha = torch.ones(len(self.modalities), device=row_conf.device)
+        loss_rows = MF.misaligned_loss(mis_logits, row_conf, src_labels, alpha.to(row_conf.device), weights)
+        loss_mis = loss_rows.mean()
+        loss = loss + self.lam * loss_mis
+
+        with torch.no_grad():
+            shares = MF.normalized_confidences(row_conf)
+            mis_probs = mis_logits.detach().float().softmax(dim=1)
+            q = MF.fusion_confidence_ratio(mis_probs, src_labels)
+            if update_alpha and self.weak_modality_weighting:
+                self.controller.update(
+                    shares,
+                    q,
+                    aligned_confidences=confidences,
+                    fusion_source_probs=mis_probs.gather(1, src_labels),
+                )
+            per_anchor = _per_anchor_means(anchors, batch_size, [2.0 * weights - 3.0, loss_rows.detach()])
+        diagnostics.update(
+            {
+                "loss_mis": loss_mis.detach(),
+                "alpha": alpha.detach().clone(),
+                "confidence_share": shares.mean(dim=0),
+                "fusion_share": q.mean(dim=0),
+                "weak_modality": shares.mean(dim=0).argmin(),
+                "hard_weight": weights.mean(),
+                "num_misaligned": int(plan.shape[0]),
+            }
+        )
+        diagnostics["per_sample"].update(
+            {"similarity": per_anchor[0], "misaligned_loss": per_anchor[1], "has_misaligned": per_anchor[2]}
+        )
+        return loss, diagnostics
+
+    # -- helpers -----------------------------------------------------------------------
+    def _require(self, mapping: Mapping[str, Any], name: str) -> tuple[str, ...]:
+        missing = [m for m in self.modalities if m not in mapping]
+        if missing:
+            raise KeyError(f"{name}: missing modality {missing}; expected keys {list(self.modalities)}")
+        return self.modalities
+
+    def _misaligned_logits(
+        self,
+        features: list[torch.Tensor],
+        plan: torch.Tensor,
+        fuse: Fuse | None,
+        misaligned_logits: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if (fuse is None) == (misaligned_logits is None):
+            raise ValueError(
+                "pass exactly one of fuse= (feature-level: the model's fusion head) or "
+                "misaligned_logits= (input-level: fusion logits of the materialised misaligned inputs)"
+            )
+        if misaligned_logits is not None:
+            if misaligned_logits.shape != (plan.shape[0], self.num_classes):
+                raise ValueError(
+                    f"misaligned_logits: expected shape [{plan.shape[0]}, {self.num_classes}] (one row per "
+                    f"plan row), got {tuple(misaligned_logits.shape)}"
+                )
+            if self.validate and not bool(torch.isfinite(misaligned_logits).all()):
+                raise ValueError("misaligned_logits: contains NaN or inf")
+            return misaligned_logits
+        swapped = dict(zip(self.modalities, MF.swap_features(features, plan)))
+        assert fuse is not None
+        return fuse(swapped)
+
+    def _no_misaligned(self, labels: torch.Tensor, diagnostics: dict[str, Any]) -> None:
+        """Fill the diagnostics of a step without misaligned rows (warm-up, one class)."""
+        zeros = torch.zeros(labels.shape[0], device=labels.device)
+        diagnostics.update({"alpha": self.controller.alpha.detach().clone(), "num_misaligned": 0})
+        diagnostics["per_sample"].update(
+            {"similarity": zeros, "misaligned_loss": zeros, "has_misaligned": zeros.bool()}
+        )
+
+    def _validate_aligned(
+        self,
+        features: list[torch.Tensor],
+        uni_logits: list[torch.Tensor],
+        fusion_logits: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> None:
+        if labels.dim() != 1 or labels.dtype.is_floating_point:
+            raise TypeError(f"labels: expected an integer tensor [B], got {labels.dtype} {tuple(labels.shape)}")
+        batch = labels.shape[0]
+        if batch == 0:
+            raise ValueError("labels: the batch is empty")
+        expected = (batch, self.num_classes)
+        for name, lg in [("output.fusion_logits", fusion_logits)] + [
+            (f"output.unimodal_logits[{m!r}]", lg) for m, lg in zip(self.modalities, uni_logits)
+        ]:
+            if tuple(lg.shape) != expected:
+                raise ValueError(f"{name}: expected shape {list(expected)}, got {list(lg.shape)}")
+        for m, f in zip(self.modalities, features):
+            if f.shape[0] != batch:
+                raise ValueError(f"output.features[{m!r}]: expected {batch} rows (the batch size), got {f.shape[0]}")
+        # One synchronisation for all value checks; details only on failure.
+        finite = [torch.isfinite(lg).all() for lg in [fusion_logits, *uni_logits]]
+        ok = torch.stack(finite + [labels.min() >= 0, labels.max() < self.num_classes]).all()
+        if bool(ok):
+            return
+        if not bool(finite[0]):
+            raise ValueError("output.fusion_logits: contains NaN or inf")
+        for m, good in zip(self.modalities, finite[1:]):
+            if not bool(good):
+                raise ValueError(f"output.unimodal_logits[{m!r}]: contains NaN or inf")
+        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        raise ValueError(f"labels: expected class ids in [0, {self.num_classes}), got {bad[:5].tolist()}")
+
+
+def _per_anchor_means(anchors: torch.Tensor, batch_size: int, values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Mean of each ``[K]`` value over the rows of each anchor, ``[B]`` (0 where none), plus
+    a ``[B]`` bool of which anchors had rows."""
+    counts = torch.zeros(batch_size, device=anchors.device).index_add_(0, anchors, torch.ones_like(anchors, dtype=torch.float32))
+    means = [
+        torch.zeros(batch_size, device=anchors.device).index_add_(0, anchors, v.float()) / counts.clamp_min(1.0)
+        for v in values
+    ]
+    return means + [counts > 0]
