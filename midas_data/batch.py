@@ -1,9 +1,11 @@
 """``MidasBatch``: what one MIDAS training step consumes.
 
 A batch carries the aligned inputs once and a pair plan that says how the misaligned
-rows recombine them. In feature-level mode that is all (the objective swaps features);
-in input-level mode the misaligned inputs are materialised too, by indexing the inputs
-already in memory, never by reading samples again.
+rows recombine them. In feature-level mode that is all (the objective swaps features).
+In input-level mode the misaligned inputs are materialised by indexing the inputs
+already in memory, never by reading samples again: by default on first access, wherever
+the batch is then (after ``.to(device)`` that is a gather on the device, so the host
+sends each sample once instead of three times); optionally inside the worker.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class MidasBatch:
         plan: ``LongTensor [K, M]``, for each misaligned row the batch row of each
             modality, columns in the order of ``modalities``.
         modalities: modality names, the order of the plan's columns.
-        misaligned_inputs: input-level mode only: modality name -> ``K`` rows.
+        input_level: the batch is for input-level misalignment: ``misaligned_inputs``
+            gives the ``K`` recombined rows per modality (feature level: ``None``).
         num_unpaired: misaligned rows asked for but not formed (no other-class partner).
         extras: other collated keys of the items, passed through untouched.
     """
@@ -80,9 +83,11 @@ class MidasBatch:
     ids: torch.Tensor
     plan: torch.Tensor
     modalities: tuple[str, ...]
-    misaligned_inputs: dict[str, Any] | None = None
+    input_level: bool = False
     num_unpaired: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    # Misaligned inputs built so far (in the worker or on first access).
+    _misaligned: dict[str, Any] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -101,11 +106,19 @@ class MidasBatch:
         """``[K, M]``: the class of each component of each misaligned row."""
         return self.labels[self.plan]
 
+    @property
+    def misaligned_inputs(self) -> dict[str, Any] | None:
+        """Input-level mode: modality name -> the ``K`` misaligned rows (built once, cached)."""
+        if not self.input_level:
+            return None
+        if self._misaligned is None:
+            self._misaligned = self.materialize()
+        return self._misaligned
+
     def materialize(self) -> dict[str, Any]:
-        """The misaligned inputs: materialised ones if present, else built now from
-        ``inputs`` (on their device; cheap on a GPU, no host round trip)."""
-        if self.misaligned_inputs is not None:
-            return self.misaligned_inputs
+        """Build the misaligned inputs from ``inputs`` by the plan, on the inputs' device."""
+        if self._misaligned is not None:
+            return self._misaligned
         return {m: take_rows(self.inputs[m], self.plan[:, i], m) for i, m in enumerate(self.modalities)}
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "MidasBatch":
@@ -115,10 +128,8 @@ class MidasBatch:
             labels=self.labels.to(device, non_blocking=non_blocking),
             ids=self.ids.to(device, non_blocking=non_blocking),
             plan=self.plan.to(device, non_blocking=non_blocking),
-            misaligned_inputs=None
-            if self.misaligned_inputs is None
-            else move_to(self.misaligned_inputs, device, non_blocking),
             extras=move_to(self.extras, device, non_blocking),
+            _misaligned=None if self._misaligned is None else move_to(self._misaligned, device, non_blocking),
         )
 
     def pin_memory(self) -> "MidasBatch":
@@ -129,6 +140,6 @@ class MidasBatch:
             labels=self.labels.pin_memory(),
             ids=self.ids.pin_memory(),
             plan=self.plan.pin_memory(),
-            misaligned_inputs=None if self.misaligned_inputs is None else _pin(self.misaligned_inputs),
             extras=_pin(self.extras),
+            _misaligned=None if self._misaligned is None else _pin(self._misaligned),
         )

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from .batch import MidasBatch, take_rows
+from .batch import MidasBatch
 from .errors import MidasDataError
 from .functional import PARTNER_RULES, plan_pairs
 
@@ -60,8 +60,13 @@ class MidasCollate:
             to positions (``{"audio": 0, "video": 1}``).
         label_key: the label's key (dict items) or position (tuple items).
         mode: ``"feature"`` — the batch carries the pair plan only and the objective swaps
-            features; ``"input"`` — the misaligned inputs are materialised too, for models
+            features; ``"input"`` — the batch also gives the misaligned inputs, for models
             that fuse modalities before or inside their encoders.
+        materialize_in_worker: input level only. ``False`` (default): the misaligned
+            inputs are built on first access of ``batch.misaligned_inputs``, after the batch
+            reached its device, so that the worker ships each sample once. ``True``: they
+            are built here in the worker and shipped with the batch (three times the bytes
+            for two modalities; measured in ``benchmarks/loader_overhead.py``).
         seed: base seed of the plans.
         rule: partner rule, ``"different_label"`` (paper) or ``"any"`` (reference code).
         modality_collate: per-modality collate functions, e.g. a tokenizer's padding
@@ -80,6 +85,7 @@ class MidasCollate:
         rule: str = "different_label",
         modality_collate: Mapping[str, CollateFn] | None = None,
         epoch: torch.Tensor | None = None,
+        materialize_in_worker: bool = False,
     ) -> None:
         if isinstance(modalities, Mapping):
             self.keys: dict[str, Key] = dict(modalities)
@@ -100,6 +106,7 @@ class MidasCollate:
         self.seed = int(seed)
         self.rule = rule
         self.modality_collate = dict(modality_collate or {})
+        self.materialize_in_worker = materialize_in_worker
         self.epoch = epoch if epoch is not None else torch.zeros((), dtype=torch.int64)
 
     def __call__(self, samples: list[tuple[int, Any]]) -> MidasBatch:
@@ -121,12 +128,11 @@ class MidasCollate:
             ids=torch.tensor(ids, dtype=torch.int64),
             plan=plan.sources,
             modalities=self.modalities,
+            input_level=self.mode == "input",
             num_unpaired=plan.num_unpaired,
         )
-        if self.mode == "input":
-            batch.misaligned_inputs = {
-                name: take_rows(inputs[name], plan.sources[:, col], name) for col, name in enumerate(self.modalities)
-            }
+        if batch.input_level and self.materialize_in_worker:
+            batch._misaligned = batch.materialize()
         return batch
 
     # -- per-item checks -----------------------------------------------------------------

@@ -31,6 +31,7 @@ def midas_loader(
     drop_last: bool = False,
     rule: str = "different_label",
     modality_collate: Mapping[str, CollateFn] | None = None,
+    materialize_in_worker: bool = False,
     loader_class: type[DataLoader] = DataLoader,
     **loader_kwargs: Any,
 ) -> DataLoader:
@@ -50,7 +51,14 @@ def midas_loader(
         len(wrapped), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, epoch=epoch
     )
     collate = MidasCollate(
-        modalities, label_key, mode=mode, seed=seed, rule=rule, modality_collate=modality_collate, epoch=epoch
+        modalities,
+        label_key,
+        mode=mode,
+        seed=seed,
+        rule=rule,
+        modality_collate=modality_collate,
+        epoch=epoch,
+        materialize_in_worker=materialize_in_worker,
     )
     return loader_class(wrapped, batch_sampler=batch_sampler, collate_fn=collate, **loader_kwargs)
 

@@ -267,3 +267,14 @@ def test_single_class_batch_is_reported_not_filled():
 
     batch = next(iter(midas_loader(OneClass(8), ("audio", "video"), batch_size=8)))
     assert batch.plan.shape == (0, 2) and batch.num_unpaired == 16
+
+
+def test_worker_side_and_consumer_side_materialisation_agree():
+    lazy = midas_loader(DictDataset(), ("audio", "video"), batch_size=8, mode="input", num_workers=2, seed=9)
+    eager = midas_loader(
+        DictDataset(), ("audio", "video"), batch_size=8, mode="input", num_workers=2, seed=9, materialize_in_worker=True
+    )
+    for a, b in zip(lazy, eager):
+        assert a._misaligned is None and b._misaligned is not None  # where the rows were built
+        for m in ("audio", "video"):
+            assert torch.equal(a.misaligned_inputs[m], b.misaligned_inputs[m])
