@@ -82,7 +82,7 @@ def epoch_rate(loader: DataLoader, epoch: int) -> tuple[float, int]:
         else:
             samples += len(batch)
             shipped = nbytes(batch)  # what crossed from the worker, before any consumer-side build
-            batch.misaligned_inputs  # the consumer's side of input level is part of the cost
+            _ = batch.misaligned_inputs  # the consumer's side of input level is part of the cost
         last = batch
     return samples / (time.perf_counter() - start), shipped or nbytes(last)
 
@@ -108,7 +108,7 @@ def main() -> None:
     }
     rates: dict[str, list[float]] = {name: [] for name in loaders}
     sizes: dict[str, int] = {}
-    for name, loader in loaders.items():  # warm-up: start the persistent workers
+    for loader in loaders.values():  # warm-up: start the persistent workers
         epoch_rate(loader, 0)
     for repeat in range(args.repeats):
         # Alternate the order so that drift on the machine hits every loader alike.

@@ -7,13 +7,13 @@ The core imports with torch and numpy alone. See ``midas_data.functional`` for t
 from . import functional
 from .batch import MidasBatch
 from .collate import MidasCollate
+from .controller import WeakModalityController
 from .dataset import MidasDataset
 from .errors import MidasDataError
 from .loader import midas_loader, set_epoch
-from .sampler import MidasBatchSampler
-from .controller import WeakModalityController
 from .models import LateFusionClassifier, MidasModel, MultimodalOutput
 from .objective import MidasObjective
+from .sampler import MidasBatchSampler
 
 __version__ = "0.1.0"
 

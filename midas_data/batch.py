@@ -10,8 +10,9 @@ sends each sample once instead of three times); optionally inside the worker.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,7 +122,7 @@ class MidasBatch:
             return self._misaligned
         return {m: take_rows(self.inputs[m], self.plan[:, i], m) for i, m in enumerate(self.modalities)}
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "MidasBatch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MidasBatch:
         return replace(
             self,
             inputs=move_to(self.inputs, device, non_blocking),
@@ -132,7 +133,7 @@ class MidasBatch:
             _misaligned=None if self._misaligned is None else move_to(self._misaligned, device, non_blocking),
         )
 
-    def pin_memory(self) -> "MidasBatch":
+    def pin_memory(self) -> MidasBatch:
         """Called by ``DataLoader(pin_memory=True)`` in its pinning thread."""
         return replace(
             self,

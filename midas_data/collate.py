@@ -12,7 +12,8 @@ workers there are, and a new epoch gets new plans.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,9 @@ def _as_label(value: Any, sample_id: int, key: Key) -> int:
         raise MidasDataError(f"sample {sample_id}: label {key!r} is a bool; expected an integer class id")
     if isinstance(value, numbers.Integral):
         return int(value)
-    integer_tensor = isinstance(value, torch.Tensor) and not value.dtype.is_floating_point and not value.dtype.is_complex
+    integer_tensor = (
+        isinstance(value, torch.Tensor) and not value.dtype.is_floating_point and not value.dtype.is_complex
+    )
     if integer_tensor and value.numel() == 1 and value.dtype != torch.bool:
         return int(value.item())
     if isinstance(value, np.ndarray) and value.size == 1 and np.issubdtype(value.dtype, np.integer):

@@ -87,7 +87,7 @@ class WeakModalityController:
             self._weak = (means[0] > means[1]).long()
         return self.alpha
 
-    def to(self, device: torch.device | str) -> "WeakModalityController":
+    def to(self, device: torch.device | str) -> WeakModalityController:
         self._alpha = self._alpha.to(device)
         self._weak = self._weak.to(device)
         return self

@@ -7,7 +7,8 @@ The wrapper reads each sample from the base dataset exactly once and hands it on
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch.utils.data import Dataset
 

@@ -12,7 +12,8 @@ the device except where a Python value is unavoidable (input validation of shape
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -112,9 +113,7 @@ def plan_pairs(
             extra = torch.randint(
                 batch, (num_modalities, batch, num_modalities), generator=generator, device=gen_device
             )
-            forced = torch.randint(
-                num_modalities - 1, (num_modalities, batch), generator=generator, device=gen_device
-            )
+            forced = torch.randint(num_modalities - 1, (num_modalities, batch), generator=generator, device=gen_device)
 
     directions = []
     for kept in range(num_modalities):
@@ -177,8 +176,7 @@ def _check_plan(plan: torch.Tensor, batch: int, name: str = "plan") -> None:
         raise TypeError(f"{name}: expected an integer tensor of batch rows, got {plan.dtype}")
     if plan.numel() and (int(plan.min()) < 0 or int(plan.max()) >= batch):
         raise IndexError(
-            f"{name}: entries must be batch rows in [0, {batch}), got range "
-            f"[{int(plan.min())}, {int(plan.max())}]"
+            f"{name}: entries must be batch rows in [0, {batch}), got range [{int(plan.min())}, {int(plan.max())}]"
         )
 
 

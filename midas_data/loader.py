@@ -8,7 +8,8 @@ in the workers).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch.utils.data import DataLoader
 

@@ -13,7 +13,8 @@ recombined features, the encoders.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -131,7 +132,9 @@ class MidasObjective:
         if labels is None:
             raise ValueError("labels: required (or pass a MidasBatch)")
         features = [output.features[m] for m in self._require(output.features, "output.features")]
-        uni_logits = [output.unimodal_logits[m] for m in self._require(output.unimodal_logits, "output.unimodal_logits")]
+        uni_logits = [
+            output.unimodal_logits[m] for m in self._require(output.unimodal_logits, "output.unimodal_logits")
+        ]
         fusion_logits = output.fusion_logits
         if self.validate:
             self._validate_aligned(features, uni_logits, fusion_logits, labels)
@@ -293,7 +296,9 @@ class MidasObjective:
 def _per_anchor_means(anchors: torch.Tensor, batch_size: int, values: list[torch.Tensor]) -> list[torch.Tensor]:
     """Mean of each ``[K]`` value over the rows of each anchor, ``[B]`` (0 where none), plus
     a ``[B]`` bool of which anchors had rows."""
-    counts = torch.zeros(batch_size, device=anchors.device).index_add_(0, anchors, torch.ones_like(anchors, dtype=torch.float32))
+    counts = torch.zeros(batch_size, device=anchors.device).index_add_(
+        0, anchors, torch.ones_like(anchors, dtype=torch.float32)
+    )
     means = [
         torch.zeros(batch_size, device=anchors.device).index_add_(0, anchors, v.float()) / counts.clamp_min(1.0)
         for v in values

@@ -191,11 +191,17 @@ def test_misaligned_loss_gradient_reaches_logits_only():
 
 def test_misaligned_loss_shape_errors():
     with pytest.raises(ValueError, match="alpha"):
-        MF.misaligned_loss(torch.randn(2, 3), torch.rand(2, 2), torch.zeros(2, 2, dtype=torch.long), torch.ones(3), torch.ones(2))
+        MF.misaligned_loss(
+            torch.randn(2, 3), torch.rand(2, 2), torch.zeros(2, 2, dtype=torch.long), torch.ones(3), torch.ones(2)
+        )
     with pytest.raises(ValueError, match="weights"):
-        MF.misaligned_loss(torch.randn(2, 3), torch.rand(2, 2), torch.zeros(2, 2, dtype=torch.long), torch.ones(2), torch.ones(3))
+        MF.misaligned_loss(
+            torch.randn(2, 3), torch.rand(2, 2), torch.zeros(2, 2, dtype=torch.long), torch.ones(2), torch.ones(3)
+        )
     with pytest.raises(ValueError, match="fusion_logits"):
-        MF.misaligned_loss(torch.randn(3, 3), torch.rand(2, 2), torch.zeros(2, 2, dtype=torch.long), torch.ones(2), torch.ones(2))
+        MF.misaligned_loss(
+            torch.randn(3, 3), torch.rand(2, 2), torch.zeros(2, 2, dtype=torch.long), torch.ones(2), torch.ones(2)
+        )
 
 
 def test_fusion_confidence_ratio():

@@ -76,9 +76,7 @@ def test_tuple_items_with_named_positions():
 @pytest.mark.parametrize("num_workers", [2, 4])
 def test_same_batches_and_plans_for_any_worker_count(num_workers):
     reference = epochs_of(midas_loader(DictDataset(), ("audio", "video"), batch_size=8, seed=7))
-    got = epochs_of(
-        midas_loader(DictDataset(), ("audio", "video"), batch_size=8, seed=7, num_workers=num_workers)
-    )
+    got = epochs_of(midas_loader(DictDataset(), ("audio", "video"), batch_size=8, seed=7, num_workers=num_workers))
     assert got == reference
     assert reference[0] != reference[1]
 
@@ -200,7 +198,9 @@ def test_spawn_workers():
 def test_midas_collate_in_a_hand_built_loader():
     dataset = MidasDataset(DictDataset())
     sampler = MidasBatchSampler(len(dataset), 10, seed=5)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=MidasCollate(("audio", "video"), epoch=sampler.epoch_tensor))
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=MidasCollate(("audio", "video"), epoch=sampler.epoch_tensor)
+    )
     assert sum(len(b) for b in loader) == 50
 
 

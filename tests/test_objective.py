@@ -23,7 +23,9 @@ def make_batch(batch_size: int = 12, num_classes: int = 3, seed: int = 0, modali
     inputs = {m: torch.randn(batch_size, dims[m], generator=g) for m in modalities}
     labels = torch.arange(batch_size) % num_classes
     plan = MF.plan_pairs(labels, len(modalities), g)
-    return MidasBatch(inputs, labels, torch.arange(batch_size), plan.sources, tuple(modalities), num_unpaired=plan.num_unpaired)
+    return MidasBatch(
+        inputs, labels, torch.arange(batch_size), plan.sources, tuple(modalities), num_unpaired=plan.num_unpaired
+    )
 
 
 # -- controller --------------------------------------------------------------------------
@@ -72,7 +74,9 @@ def test_reference_controller_by_hand():
     assert torch.equal(ctl.loss_weights(aligned), torch.tensor([1.0, 1.0]))
     # Fusion ratio 0.9/0.1 = 9 > 2.33: the fusion head leans to the strong side, alpha grows.
     fusion = torch.tensor([[0.9, 0.1]])
-    ctl.update(torch.tensor([[0.5, 0.5]]), torch.tensor([[0.5, 0.5]]), aligned_confidences=aligned, fusion_source_probs=fusion)
+    ctl.update(
+        torch.tensor([[0.5, 0.5]]), torch.tensor([[0.5, 0.5]]), aligned_confidences=aligned, fusion_source_probs=fusion
+    )
     assert torch.allclose(ctl.alpha, torch.tensor([1.0, 1.05]))
     # Now modality 1 is the stronger one: the scalar alpha moves to modality 0.
     flipped = aligned.flip(1)
@@ -183,7 +187,14 @@ def test_single_class_batch_trains_aligned_loss_only():
     model = make_model()
     labels = torch.zeros(6, dtype=torch.long)
     plan = MF.plan_pairs(labels)
-    batch = MidasBatch({"a": torch.randn(6, 4), "v": torch.randn(6, 6)}, labels, torch.arange(6), plan.sources, MODS, num_unpaired=plan.num_unpaired)
+    batch = MidasBatch(
+        {"a": torch.randn(6, 4), "v": torch.randn(6, 6)},
+        labels,
+        torch.arange(6),
+        plan.sources,
+        MODS,
+        num_unpaired=plan.num_unpaired,
+    )
     out = model(batch.inputs)
     loss, diag = MidasObjective(3, MODS)(out, batch, fuse=model.fuse)
     ce = nn.functional.cross_entropy
