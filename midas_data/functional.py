@@ -23,6 +23,7 @@ __all__ = [
     "plan_partners",
     "plan_pairs",
     "plan_anchors",
+    "check_plan",
     "replaced_mask",
     "source_labels",
     "gather_confidences",
@@ -169,7 +170,8 @@ def plan_anchors(plan: torch.Tensor) -> torch.Tensor:
     return plan.gather(1, block.unsqueeze(1)).squeeze(1)
 
 
-def _check_plan(plan: torch.Tensor, batch: int, name: str = "plan") -> None:
+def check_plan(plan: torch.Tensor, batch: int, name: str = "plan") -> None:
+    """Raise a clear error unless ``plan`` is an integer ``[K, M]`` of rows in ``[0, batch)``."""
     if plan.dim() != 2:
         raise ValueError(f"{name}: expected shape [K, M], got {tuple(plan.shape)}")
     if plan.dtype not in (torch.int64, torch.int32):

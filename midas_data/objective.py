@@ -160,7 +160,7 @@ class MidasObjective:
             raise ValueError("plan: required after warm-up (or pass a MidasBatch)")
         batch_size = labels.shape[0]
         if self.validate:
-            MF._check_plan(plan, batch_size)
+            MF.check_plan(plan, batch_size)
             if plan.shape[1] != len(self.modalities):
                 raise ValueError(f"plan: expected {len(self.modalities)} columns, got {plan.shape[1]}")
         loss = (loss_align + loss_uni).mean()

@@ -278,3 +278,19 @@ def test_worker_side_and_consumer_side_materialisation_agree():
         assert a._misaligned is None and b._misaligned is not None  # where the rows were built
         for m in ("audio", "video"):
             assert torch.equal(a.misaligned_inputs[m], b.misaligned_inputs[m])
+
+
+def test_pin_memory_pins_every_tensor(monkeypatch):
+    pinned = []
+
+    def fake_pin(self, *args, **kwargs):  # no accelerator here: record instead of pinning
+        pinned.append(tuple(self.shape))
+        return self.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    batch = next(iter(midas_loader(DictDataset(), ("audio", "video"), batch_size=8, mode="input")))
+    _ = batch.misaligned_inputs
+    out = batch.pin_memory()
+    # audio, video, labels, ids, plan and the two materialised misaligned inputs
+    assert sorted(pinned) == sorted([(8, 3), (8, 2, 2), (8,), (8,), (16, 2), (16, 3), (16, 2, 2)])
+    assert torch.equal(out.misaligned_inputs["video"], batch.misaligned_inputs["video"])
