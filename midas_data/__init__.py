@@ -13,7 +13,9 @@ from .errors import MidasDataError
 from .loader import midas_loader, set_epoch
 from .models import LateFusionClassifier, MidasModel, MultimodalOutput
 from .objective import MidasObjective
-from .sampler import MidasBatchSampler
+from .distributed import sync_stats
+from .sampler import DistributedMidasBatchSampler, EpochPlan, MidasBatchSampler, pair_importance_weights
+from .stats import StatsStorageWarning, StatsTable
 
 __version__ = "0.1.0"
 
@@ -24,6 +26,12 @@ __all__ = [
     "MidasDataset",
     "MidasDataError",
     "MidasBatchSampler",
+    "DistributedMidasBatchSampler",
+    "EpochPlan",
+    "pair_importance_weights",
+    "StatsTable",
+    "StatsStorageWarning",
+    "sync_stats",
     "midas_loader",
     "set_epoch",
     "WeakModalityController",

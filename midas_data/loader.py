@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from .collate import CollateFn, Key, MidasCollate, ModalityKeys
 from .dataset import MidasDataset
 from .sampler import MidasBatchSampler, shared_epoch
+from .stats import StatsTable
 
 __all__ = ["midas_loader", "set_epoch"]
 
@@ -34,6 +35,12 @@ def midas_loader(
     modality_collate: Mapping[str, CollateFn] | None = None,
     materialize_in_worker: bool = False,
     loader_class: type[DataLoader] = DataLoader,
+    stats: StatsTable | None = None,
+    policy: str = "uniform",
+    floor: float = 0.2,
+    weak_modality: str | int | None = None,
+    num_replicas: int = 1,
+    rank: int = 0,
     **loader_kwargs: Any,
 ) -> DataLoader:
     """A DataLoader of MIDAS batches over ``dataset``.
@@ -42,6 +49,12 @@ def midas_loader(
     ``persistent_workers``, ``prefetch_factor``, ``multiprocessing_context``...);
     ``loader_class`` may be torchdata's ``StatefulDataLoader``. Call
     ``set_epoch(loader, epoch)`` (or ``loader.batch_sampler.set_epoch``) before each epoch.
+
+    ``stats``, ``policy``, ``floor``, ``weak_modality``, ``num_replicas`` and ``rank`` go to
+    :class:`MidasBatchSampler`: the prioritised policies (``"hard"``, ``"weak_modality"``,
+    experimental) read the :class:`~midas_data.stats.StatsTable` given as ``stats``;
+    ``num_replicas``/``rank`` split each epoch by rank for plain DDP loops (leave them at
+    1/0 under Accelerate, which shards batches itself). See ``docs/feedback.md``.
     """
     for taken in ("sampler", "batch_sampler", "collate_fn", "batch_size", "shuffle", "drop_last"):
         if taken in loader_kwargs:
@@ -49,7 +62,18 @@ def midas_loader(
     wrapped = dataset if isinstance(dataset, MidasDataset) else MidasDataset(dataset)
     epoch = shared_epoch()
     batch_sampler = MidasBatchSampler(
-        len(wrapped), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, epoch=epoch
+        len(wrapped),
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+        epoch=epoch,
+        policy=policy,
+        stats=stats,
+        floor=floor,
+        weak_modality=weak_modality,
+        num_replicas=num_replicas,
+        rank=rank,
     )
     collate = MidasCollate(
         modalities,

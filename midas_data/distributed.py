@@ -1,0 +1,157 @@
+"""Per-sample statistics across ranks: every rank's table gets every rank's updates.
+
+Under DDP each rank sees only its own batches, but the sampler's plan must be identical
+on every rank, so every rank's :class:`~midas_data.stats.StatsTable` must receive the
+same updates in the same order. :func:`sync_stats` all-gathers one step's statistics and
+applies them, in rank order, on every rank.
+
+Ids travel as their own ``int64`` tensor, never concatenated with the float statistics:
+``cat([ids, stats])`` would promote ids to float and corrupt every id above ``2**24``.
+Without an initialised process group (or with one rank) everything is a local no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from .stats import StatsTable
+
+__all__ = ["is_distributed", "all_gather_rows", "pack_per_sample", "sync_stats"]
+
+
+def is_distributed(group: object | None = None) -> bool:
+    """Whether a process group with more than one rank is initialised."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def _collective_device(group: object | None, like: torch.Tensor) -> torch.device:
+    import torch.distributed as dist
+
+    if dist.get_backend(group) == "nccl":
+        # NCCL moves CUDA tensors only.
+        return torch.device("cuda", torch.cuda.current_device())
+    return like.device
+
+
+def all_gather_rows(
+    ids: torch.Tensor,
+    values: torch.Tensor,
+    *,
+    group: object | None = None,
+    capacity: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gather ``ids [B_r]`` (int64) and ``values [B_r, F]`` (float) from every rank.
+
+    Returns the rows of all ranks concatenated in rank order, plus a ``valid`` mask (or
+    ``None`` when every row is real). Ranks may have different ``B_r``: by default one
+    small extra all-gather exchanges the sizes (a device synchronisation under NCCL);
+    pass ``capacity`` (an upper bound of every ``B_r``, e.g. the batch size plus 2) to skip
+    it: rows are then padded to ``capacity`` with id ``-1`` and marked invalid.
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dim() != 1:
+        raise TypeError(f"ids: expected a 1-D integer tensor (int64), got {getattr(ids, 'dtype', type(ids))}")
+    if not isinstance(values, torch.Tensor) or values.dim() != 2 or values.shape[0] != ids.shape[0]:
+        raise ValueError(
+            f"values: expected shape [{ids.shape[0]}, F] (one row per id), got {list(getattr(values, 'shape', []))}"
+        )
+    ids = ids.long()
+    if not is_distributed(group):
+        return ids, values, None
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    device = _collective_device(group, values)
+    ids, values = ids.to(device), values.to(device)
+    rows = ids.shape[0]
+    sizes: list[int] | None = None
+    if capacity is None:
+        size = torch.tensor([rows], dtype=torch.int64, device=device)
+        gathered_sizes = [torch.empty_like(size) for _ in range(world)]
+        dist.all_gather(gathered_sizes, size, group=group)
+        sizes = [int(s) for s in gathered_sizes]
+        capacity = max(sizes)
+    elif rows > capacity:
+        raise ValueError(f"capacity: this rank has {rows} rows, more than capacity={capacity}")
+    padded_ids = torch.full((capacity,), -1, dtype=torch.int64, device=device)
+    padded_ids[:rows] = ids
+    padded_values = torch.zeros((capacity, values.shape[1]), dtype=values.dtype, device=device)
+    padded_values[:rows] = values
+    all_ids = [torch.empty_like(padded_ids) for _ in range(world)]
+    all_values = [torch.empty_like(padded_values) for _ in range(world)]
+    dist.all_gather(all_ids, padded_ids, group=group)
+    dist.all_gather(all_values, padded_values, group=group)
+    if sizes is not None:
+        return (
+            torch.cat([t[:n] for t, n in zip(all_ids, sizes)]),
+            torch.cat([t[:n] for t, n in zip(all_values, sizes)]),
+            None,
+        )
+    gathered_ids = torch.cat(all_ids)
+    return gathered_ids, torch.cat(all_values), gathered_ids >= 0
+
+
+def pack_per_sample(per_sample: Mapping[str, torch.Tensor], num_modalities: int) -> torch.Tensor:
+    """``[B, M + 3]`` float32: confidences, similarity, misaligned loss, has_misaligned (0/1).
+
+    A missing column is ``NaN`` (every rank must pass the same keys; the objective always
+    does). Ids are not packed: they travel as int64 on their own.
+    """
+    confidence = per_sample.get("confidence")
+    ref = next((v for v in per_sample.values() if isinstance(v, torch.Tensor)), None)
+    if ref is None:
+        raise ValueError("per_sample: no statistics given")
+    rows, device = ref.shape[0], ref.device
+    if confidence is None:
+        confidence = torch.full((rows, num_modalities), float("nan"), device=device)
+    if confidence.dim() != 2 or confidence.shape[1] != num_modalities:
+        raise ValueError(
+            f"per_sample['confidence']: expected shape [B, {num_modalities}], got {list(confidence.shape)}"
+        )
+    columns = [confidence.detach().float()]
+    for key in ("similarity", "misaligned_loss"):
+        value = per_sample.get(key)
+        columns.append(
+            torch.full((rows, 1), float("nan"), device=device)
+            if value is None
+            else value.detach().float().reshape(rows, 1)
+        )
+    has = per_sample.get("has_misaligned")
+    columns.append(torch.ones(rows, 1, device=device) if has is None else has.detach().float().reshape(rows, 1))
+    return torch.cat([c.to(device) for c in columns], dim=1)
+
+
+def sync_stats(
+    table: StatsTable,
+    ids: torch.Tensor,
+    per_sample: Mapping[str, torch.Tensor],
+    *,
+    step: int | None = None,
+    group: object | None = None,
+    capacity: int | None = None,
+) -> None:
+    """All-gather one step's per-sample statistics and apply them to ``table`` on every rank.
+
+    Call it on every rank at every step, with this rank's ``batch.ids`` and the objective's
+    ``diagnostics["per_sample"]``: all tables then stay identical, so do the sampler's
+    plans. Rows are applied in rank order, so for an id present on several ranks in one
+    step the highest rank's row wins (see :meth:`StatsTable.update`). A bad row (``NaN``,
+    an id outside the table) is rejected on every rank alike. Without a process group this
+    is ``table.update`` on the local rows.
+    """
+    packed = pack_per_sample(per_sample, table.num_modalities)
+    keys = set(per_sample)
+    gathered_ids, gathered, valid = all_gather_rows(ids, packed, group=group, capacity=capacity)
+    m = table.num_modalities
+    table.update(
+        gathered_ids,
+        confidence=gathered[:, :m] if "confidence" in keys else None,
+        similarity=gathered[:, m] if "similarity" in keys else None,
+        misaligned_loss=gathered[:, m + 1] if "misaligned_loss" in keys else None,
+        has_misaligned=gathered[:, m + 2] > 0.5 if "has_misaligned" in keys else None,
+        valid=valid,
+        step=step,
+    )

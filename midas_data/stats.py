@@ -1,0 +1,623 @@
+"""``StatsTable``: per-sample training statistics in shared memory, for the sampler.
+
+The training step writes what MIDAS learns about each sample (the ``per_sample``
+diagnostics of :class:`~midas_data.objective.MidasObjective`); the sampler reads it when
+it plans an epoch, and DataLoader workers may read it too. One row per dataset index:
+
+=====================  ==================  =====================================================
+column                 dtype               meaning
+=====================  ==================  =====================================================
+``confidence[m]``      ``dtype``           last unimodal confidence of modality ``m`` on the
+                                           sample's own label, ``c^m``
+``similarity``         ``dtype``           last hard-sample similarity ``s`` of its misaligned
+                                           copies (mean cosine over replaced modalities)
+``misaligned_loss``    ``dtype``           last misaligned loss of its copies
+``last_step``          ``int32``           step of the last update that named it; ``-1`` = never
+=====================  ==================  =====================================================
+
+A value never written is ``NaN`` (updates refuse ``NaN``, so it is unambiguous).
+
+Memory: ``bytes_per_sample = (M + 2) * itemsize(dtype) + 4``, so 12 B for two modalities
+in ``float16`` (the default) and 20 B in ``float32``; plus a few bytes per table.
+
+Sharing: every column lives in one buffer created in ``__init__``, before any worker
+starts: in shared memory (``share_memory_()``, i.e. ``/dev/shm``) or, when shared
+memory is unusable, in a file mapped with ``MAP_SHARED`` (a warning says so). A table
+passed to DataLoader workers (fork or spawn, persistent or not) maps the same memory, so
+workers see every update the main process makes; plain Python attributes are never
+used to carry state to them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import uuid
+import warnings
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["StatsTable", "StatsStorageWarning", "bytes_per_sample", "STATS_DTYPES"]
+
+STATS_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_FORMAT = "midas_data.StatsTable/1"
+_STORAGES = ("auto", "shm", "file")
+_MAX_STEP = 2**31 - 1
+# Tolerance for statistics a hair outside their range through rounding (softmax, cosine).
+_RANGE_TOL = 1e-3
+_ALIGN = 8
+
+
+class StatsStorageWarning(UserWarning):
+    """Shared memory was unusable and the table fell back to a file-backed mapping."""
+
+
+def bytes_per_sample(num_modalities: int, dtype: torch.dtype = torch.float16) -> int:
+    """Bytes one sample takes in a :class:`StatsTable`: ``(M + 2) * itemsize + 4``."""
+    return (num_modalities + 2) * _itemsize(dtype) + 4
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Byte offsets of the columns inside the one shared buffer."""
+
+    num_samples: int
+    num_columns: int
+    dtype: torch.dtype
+
+    @property
+    def values_bytes(self) -> int:
+        return self.num_columns * self.num_samples * _itemsize(self.dtype)
+
+    @property
+    def step_offset(self) -> int:
+        return _aligned(self.values_bytes)
+
+    @property
+    def counter_offset(self) -> int:
+        return _aligned(self.step_offset + 4 * self.num_samples)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.counter_offset + 8
+
+
+@dataclass
+class _Pending:
+    """An update whose values are still being copied from the device (see ``flush``)."""
+
+    ids: torch.Tensor
+    values: torch.Tensor
+    columns: tuple[bool, bool, bool]
+    has_misaligned: torch.Tensor | None
+    valid: torch.Tensor | None
+    step: int | None
+    event: Any
+
+
+def _unlink_quietly(path: str, owner_pid: int) -> None:
+    # A forked worker inherits the finalizer; only the creating process deletes the file.
+    if os.getpid() != owner_pid:
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class StatsTable:
+    """Preallocated per-sample statistics, shared with DataLoader workers.
+
+    Args:
+        num_samples: dataset size; valid ids are ``0 .. num_samples - 1`` (int64, any size).
+        modalities: modality names in the objective's order, or their number.
+        dtype: storage dtype of the statistics: ``torch.float16`` (default, 12 B/sample for
+            two modalities), ``torch.bfloat16`` or ``torch.float32`` (20 B/sample).
+        storage: ``"auto"`` (shared memory, else a file-backed mapping with a
+            :class:`StatsStorageWarning`), ``"shm"`` (shared memory or a clear error) or
+            ``"file"`` (a file-backed mapping in ``directory``).
+        directory: where a file-backed table puts its file; the system temp directory by
+            default. The file is deleted when the table that created it is collected.
+
+    Updates (:meth:`update`) validate everything before writing anything: a rejected update
+    leaves the table unchanged. Reads in another process are not atomic snapshots of a
+    concurrent update; the sampler reads in the main process, in step with the updates.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        modalities: Sequence[str] | int,
+        *,
+        dtype: torch.dtype = torch.float16,
+        storage: str = "auto",
+        directory: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
+            raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
+        if isinstance(modalities, int):
+            names = tuple(f"modality{m}" for m in range(modalities))
+        else:
+            names = tuple(str(m) for m in modalities)
+        if len(names) < 1 or len(set(names)) != len(names):
+            raise ValueError(f"modalities: expected distinct names (or a positive count), got {modalities!r}")
+        if dtype not in STATS_DTYPES:
+            raise ValueError(f"dtype: expected one of {STATS_DTYPES}, got {dtype}")
+        if storage not in _STORAGES:
+            raise ValueError(f"storage: expected one of {_STORAGES}, got {storage!r}")
+        self._modalities = names
+        self._layout = _Layout(int(num_samples), len(names) + 2, dtype)
+        self._path: str | None = None
+        self._pending: _Pending | None = None
+        self._buffer = self._allocate(storage, directory)
+        self._bind_views()
+        self.reset()
+
+    # -- allocation and sharing ------------------------------------------------------------
+    def _allocate(self, storage: str, directory: str | os.PathLike[str] | None) -> torch.Tensor:
+        nbytes = self._layout.total_bytes
+        if storage in ("auto", "shm"):
+            try:
+                return torch.empty(nbytes, dtype=torch.uint8).share_memory_()
+            except (RuntimeError, OSError) as err:
+                if storage == "shm":
+                    raise RuntimeError(
+                        f"StatsTable: could not allocate {nbytes} bytes of shared memory ({err}). Make /dev/shm "
+                        "writable and large enough (docker: --shm-size or --ipc=host), or pass storage='file' "
+                        "(optionally directory=...) for a file-backed table"
+                    ) from err
+                failure = err
+        base = os.fspath(directory) if directory is not None else tempfile.gettempdir()
+        path = os.path.join(base, f"midas_stats_{os.getpid()}_{uuid.uuid4().hex}.bin")
+        try:
+            buffer = torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
+        except (RuntimeError, OSError) as err:
+            raise RuntimeError(
+                f"StatsTable: could not create a file-backed table of {nbytes} bytes at {path} ({err}); pass "
+                "directory= a writable local directory with enough space"
+            ) from err
+        if storage == "auto":
+            warnings.warn(
+                f"StatsTable: shared memory is unusable ({failure}); using a file-backed table at {path}. "
+                "Workers still share it, through the page cache. To use shared memory, make /dev/shm writable "
+                "and large enough (docker: --shm-size or --ipc=host); pass storage='file' to silence this.",
+                StatsStorageWarning,
+                stacklevel=3,
+            )
+        self._path = path
+        weakref.finalize(self, _unlink_quietly, path, os.getpid())
+        return buffer
+
+    def _bind_views(self) -> None:
+        lay, buf = self._layout, self._buffer
+        self._values = buf[: lay.values_bytes].view(lay.dtype).view(lay.num_columns, lay.num_samples)
+        self._last_step = buf[lay.step_offset : lay.step_offset + 4 * lay.num_samples].view(torch.int32)
+        self._counter = buf[lay.counter_offset : lay.counter_offset + 8].view(torch.int64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.flush()
+        state = {"modalities": self._modalities, "layout": self._layout, "path": self._path}
+        if self._path is None:
+            # Pickled by a DataLoader (multiprocessing's pickler), the buffer travels as a
+            # handle to the same shared memory; pickled elsewhere, as a copy.
+            state["buffer"] = self._buffer
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._modalities = state["modalities"]
+        self._layout = state["layout"]
+        self._path = state["path"]
+        self._pending = None
+        if self._path is None:
+            self._buffer = state["buffer"]
+        else:
+            if not os.path.exists(self._path):
+                raise RuntimeError(
+                    f"StatsTable: the file-backed table {self._path} no longer exists; its creating table was "
+                    "collected. Keep that StatsTable alive while workers run"
+                )
+            # Not the owner: the creating process deletes the file.
+            self._buffer = torch.from_file(self._path, shared=True, size=self._layout.total_bytes, dtype=torch.uint8)
+        self._bind_views()
+
+    # -- description -----------------------------------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        return self._layout.num_samples
+
+    def __len__(self) -> int:
+        return self._layout.num_samples
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self._modalities
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self._modalities)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._layout.dtype
+
+    @property
+    def storage(self) -> str:
+        """``"shm"`` (shared memory) or ``"file"`` (file-backed mapping)."""
+        return "shm" if self._path is None else "file"
+
+    @property
+    def path(self) -> str | None:
+        """The backing file of a file-backed table, else ``None``."""
+        return self._path
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return bytes_per_sample(self.num_modalities, self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole table (all columns plus the counter)."""
+        return self._layout.total_bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"StatsTable(num_samples={self.num_samples}, modalities={self.modalities}, dtype={self.dtype}, "
+            f"storage={self.storage!r}, updates={self.num_updates})"
+        )
+
+    # -- columns (shared tensors; read them, write through update) ---------------------------
+    @property
+    def values(self) -> torch.Tensor:
+        """All statistics columns, ``[M + 2, N]``: confidences, similarity, misaligned loss."""
+        return self._values
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """``[M, N]`` last unimodal confidences, ``NaN`` where never written."""
+        return self._values[: self.num_modalities]
+
+    @property
+    def similarity(self) -> torch.Tensor:
+        """``[N]`` last hard-sample similarities, ``NaN`` where never written."""
+        return self._values[self.num_modalities]
+
+    @property
+    def misaligned_loss(self) -> torch.Tensor:
+        """``[N]`` last misaligned losses, ``NaN`` where never written."""
+        return self._values[self.num_modalities + 1]
+
+    @property
+    def last_step(self) -> torch.Tensor:
+        """``[N]`` int32 step of the last update naming each sample, ``-1`` if never."""
+        return self._last_step
+
+    @property
+    def num_updates(self) -> int:
+        """How many updates were applied (pending device copies not included)."""
+        return int(self._counter[0])
+
+    def modality_index(self, modality: str | int) -> int:
+        """The column of ``modality`` (a name or an index)."""
+        if isinstance(modality, int) and not isinstance(modality, bool):
+            if not 0 <= modality < self.num_modalities:
+                raise ValueError(f"modality: index {modality} out of range [0, {self.num_modalities})")
+            return modality
+        if modality not in self._modalities:
+            raise ValueError(f"modality: {modality!r} is not one of {list(self._modalities)}")
+        return self._modalities.index(modality)
+
+    def read(self, ids: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
+        """The statistics of ``ids`` as float32 copies (``NaN`` = never written):
+        ``confidence [B, M]``, ``similarity [B]``, ``misaligned_loss [B]``, ``last_step [B]``."""
+        self.flush()
+        index = self._check_ids(torch.as_tensor(ids).cpu(), None, "")
+        picked = self._values.index_select(1, index).float()
+        m = self.num_modalities
+        return {
+            "confidence": picked[:m].t().contiguous(),
+            "similarity": picked[m],
+            "misaligned_loss": picked[m + 1],
+            "last_step": self._last_step.index_select(0, index).long(),
+        }
+
+    def reset(self) -> None:
+        """Forget everything: all statistics ``NaN``, all steps ``-1``, no updates."""
+        self._pending = None
+        self._values.fill_(math.nan)
+        self._last_step.fill_(-1)
+        self._counter.zero_()
+
+    # -- updates ---------------------------------------------------------------------------
+    def update(
+        self,
+        ids: torch.Tensor,
+        per_sample: Mapping[str, torch.Tensor] | None = None,
+        *,
+        confidence: torch.Tensor | None = None,
+        similarity: torch.Tensor | None = None,
+        misaligned_loss: torch.Tensor | None = None,
+        has_misaligned: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        step: int | None = None,
+    ) -> None:
+        """Write the statistics of a batch.
+
+        Args:
+            ids: ``[B]`` integer sample ids (``batch.ids``; int64, never float: floats lose
+                ids above ``2**24``).
+            per_sample: ``diagnostics["per_sample"]`` of :class:`MidasObjective`: keys
+                ``confidence [B, M]``, ``similarity [B]``, ``misaligned_loss [B]``,
+                ``has_misaligned [B]``. Or pass the tensors by keyword instead; a column
+                not given is left as it is.
+            has_misaligned: ``[B]`` bool: rows whose similarity and loss mean something
+                (an anchor without misaligned copies has none); default all.
+            valid: ``[B]`` bool: rows to apply at all; others (padding) are ignored.
+            step: the step to record as ``last_step``; default the number of updates so far.
+
+        Semantics: an id named twice in one update takes, per column, the value of its
+        *last* row that carries that column (rows without ``has_misaligned`` carry no
+        similarity or loss). Ids must lie in ``[0, num_samples)``; every statistic must be
+        finite (``NaN`` is rejected, with the id named); confidences must lie in ``[0, 1]``
+        and similarities in ``[-1, 1]`` (within ``1e-3``, then clipped); losses above the
+        dtype's largest finite value are clipped to it. A rejected update raises
+        ``ValueError`` and changes nothing.
+
+        Device tensors: the values are packed into one tensor on the device and copied to
+        the host with ``non_blocking=True``; that update is applied (and validated) at the
+        next :meth:`update`, :meth:`flush` or read, so the training step never waits for
+        the device here. An error in it surfaces there, naming its step.
+        """
+        self.flush()
+        if per_sample is not None:
+            if not isinstance(per_sample, Mapping):
+                raise TypeError(f"per_sample: expected a mapping of tensors, got {type(per_sample).__name__}")
+            if any(v is not None for v in (confidence, similarity, misaligned_loss, has_misaligned)):
+                raise ValueError("pass either per_sample or the statistics by keyword, not both")
+            unknown = set(per_sample) - {"confidence", "similarity", "misaligned_loss", "has_misaligned"}
+            if unknown:
+                raise KeyError(
+                    f"per_sample: unknown keys {sorted(unknown)}; expected confidence, similarity, "
+                    "misaligned_loss, has_misaligned"
+                )
+            confidence = per_sample.get("confidence")
+            similarity = per_sample.get("similarity")
+            misaligned_loss = per_sample.get("misaligned_loss")
+            has_misaligned = per_sample.get("has_misaligned")
+        if step is not None:
+            if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= _MAX_STEP:
+                raise ValueError(f"step: expected an int in [0, {_MAX_STEP}], got {step!r}")
+        ids, values, columns, flags = self._pack(ids, confidence, similarity, misaligned_loss, has_misaligned, valid)
+        tensors = (ids, values, *flags)
+        if not any(t is not None and t.device.type == "cuda" for t in tensors):
+            host = [None if t is None else t.cpu() for t in tensors]
+            self._apply(host[0], host[1], columns, host[2], host[3], step)
+            return
+        # CUDA: one packed copy into pinned host memory, applied later; no sync now.
+        host = [None if t is None else t.to("cpu", non_blocking=True) for t in tensors]
+        event = torch.cuda.Event()
+        event.record()
+        self._pending = _Pending(host[0], host[1], columns, host[2], host[3], step, event)
+
+    def flush(self) -> None:
+        """Apply an update still in flight from the device (waits for its copy)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if pending.event is not None:
+            pending.event.synchronize()
+        try:
+            self._apply(
+                pending.ids, pending.values, pending.columns, pending.has_misaligned, pending.valid, pending.step
+            )
+        except ValueError as err:
+            raise ValueError(f"{err} (from a deferred device update; its step: {pending.step})") from None
+
+    def _pack(
+        self,
+        ids: torch.Tensor,
+        confidence: torch.Tensor | None,
+        similarity: torch.Tensor | None,
+        misaligned_loss: torch.Tensor | None,
+        has_misaligned: torch.Tensor | None,
+        valid: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[bool, bool, bool], tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """Shape and dtype checks (host-known, no sync) and packing into ``[B, M + 2]`` float32."""
+        if not isinstance(ids, torch.Tensor):
+            ids = torch.as_tensor(ids)
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise TypeError(
+                f"ids: expected an integer tensor (int64), got {ids.dtype}; float ids lose precision above 2**24"
+            )
+        if ids.dim() != 1:
+            raise ValueError(f"ids: expected shape [B], got {tuple(ids.shape)}")
+        rows, m = ids.shape[0], self.num_modalities
+        if confidence is None and similarity is None and misaligned_loss is None:
+            raise ValueError("update: no statistics given (confidence, similarity or misaligned_loss)")
+        device = ids.device
+        parts = []
+        for name, value, shape in (
+            ("confidence", confidence, (rows, m)),
+            ("similarity", similarity, (rows,)),
+            ("misaligned_loss", misaligned_loss, (rows,)),
+        ):
+            if value is None:
+                parts.append(torch.full(shape if len(shape) == 2 else (rows, 1), math.nan, device=device))
+                continue
+            if not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point:
+                raise TypeError(f"{name}: expected a floating-point tensor, got {getattr(value, 'dtype', type(value))}")
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{name}: expected shape {list(shape)} (one row per id), got {list(value.shape)}")
+            device = value.device
+            parts.append(value.detach().float().reshape(rows, -1))
+        values = torch.cat([p.to(device) for p in parts], dim=1)
+        flags: list[torch.Tensor | None] = []
+        for name, flag in (("has_misaligned", has_misaligned), ("valid", valid)):
+            if flag is not None:
+                if not isinstance(flag, torch.Tensor) or flag.dtype != torch.bool or tuple(flag.shape) != (rows,):
+                    raise ValueError(
+                        f"{name}: expected a bool tensor of shape [{rows}], got "
+                        f"{getattr(flag, 'dtype', type(flag))} {list(getattr(flag, 'shape', []))}"
+                    )
+                flag = flag.detach()
+            flags.append(flag)
+        columns = (confidence is not None, similarity is not None, misaligned_loss is not None)
+        return ids.detach().long(), values, columns, (flags[0], flags[1])
+
+    def _check_ids(
+        self, ids: torch.Tensor, rows: torch.Tensor | None, consequence: str = "; the table is unchanged"
+    ) -> torch.Tensor:
+        ids = ids.long().reshape(-1)
+        if ids.numel() == 0:
+            return ids
+        bad = (ids < 0) | (ids >= self.num_samples)
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"ids: sample id {int(ids[first])} (row {first if rows is None else int(rows[first])}) is outside "
+                f"the table [0, {self.num_samples}){consequence}"
+            )
+        return ids
+
+    def _apply(
+        self,
+        ids: torch.Tensor,
+        values: torch.Tensor,
+        columns: tuple[bool, bool, bool],
+        has_misaligned: torch.Tensor | None,
+        valid: torch.Tensor | None,
+        step: int | None,
+    ) -> None:
+        m = self.num_modalities
+        rows = torch.arange(ids.shape[0])
+        if valid is not None:
+            ids, values, rows = ids[valid], values[valid], rows[valid]
+            has_misaligned = None if has_misaligned is None else has_misaligned[valid]
+        ids = self._check_ids(ids, rows)
+        values = values.clone()
+        with_mis = has_misaligned if has_misaligned is not None else torch.ones(ids.shape[0], dtype=torch.bool)
+        limit = torch.finfo(self.dtype).max
+        checks = (
+            ("confidence", slice(0, m), columns[0], None, 0.0, 1.0),
+            ("similarity", slice(m, m + 1), columns[1], with_mis, -1.0, 1.0),
+            ("misaligned_loss", slice(m + 1, m + 2), columns[2], with_mis, 0.0, limit),
+        )
+        # Validate every column before writing any: a rejected update changes nothing.
+        for name, cols, given, mask, low, high in checks:
+            if not given:
+                continue
+            block = values[:, cols] if mask is None else values[mask][:, cols]
+            block_rows = rows if mask is None else rows[mask]
+            block_ids = ids if mask is None else ids[mask]
+            finite = torch.isfinite(block).all(dim=1)
+            if not bool(finite.all()):
+                at = int((~finite).nonzero()[0, 0])
+                raise ValueError(
+                    f"{name}: {block[at].tolist()} for sample id {int(block_ids[at])} (row {int(block_rows[at])}) "
+                    "is not finite; statistics must be finite numbers. The update was rejected; the table is unchanged"
+                )
+            lo_tol = low - _RANGE_TOL
+            hi_tol = high + _RANGE_TOL if high != limit else math.inf
+            outside = ((block < lo_tol) | (block > hi_tol)).any(dim=1)
+            if bool(outside.any()):
+                at = int(outside.nonzero()[0, 0])
+                raise ValueError(
+                    f"{name}: {block[at].tolist()} for sample id {int(block_ids[at])} (row {int(block_rows[at])}) is "
+                    f"outside [{low}, {high}]. The update was rejected; the table is unchanged"
+                )
+            values[:, cols] = values[:, cols].clamp(low, high)
+        record = step if step is not None else min(int(self._counter[0]), _MAX_STEP)
+        if ids.numel():
+            if columns[0]:
+                keep = _last_occurrence(ids)
+                self._values[:m].index_copy_(1, ids[keep], values[keep, :m].t().to(self.dtype))
+            if columns[1] or columns[2]:
+                sel = with_mis.nonzero().squeeze(1)
+                keep = sel[_last_occurrence(ids[sel])]
+                for col, given in ((m, columns[1]), (m + 1, columns[2])):
+                    if given:
+                        self._values[col].index_copy_(0, ids[keep], values[keep, col].to(self.dtype))
+            self._last_step.index_fill_(0, ids.unique(), record)
+        self._counter[0] += 1
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """A checkpoint of the table: copies of the columns plus a description, made of
+        tensors, ints and strings only (``torch.load(..., weights_only=True)`` reads it)."""
+        self.flush()
+        return {
+            "format": _FORMAT,
+            "num_samples": self.num_samples,
+            "modalities": list(self._modalities),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "values": self._values.clone(),
+            "last_step": self._last_step.clone(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a checkpoint from :meth:`state_dict` into this (shared) table in place.
+
+        The checkpoint must come from a table of the same size and modalities; a different
+        storage dtype is converted. Any update still in flight is discarded.
+        """
+        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
+            got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"state['format']: expected {_FORMAT!r} (a StatsTable.state_dict()), got {got!r}")
+        if state.get("num_samples") != self.num_samples:
+            raise ValueError(
+                f"state['num_samples']: the checkpoint has {state.get('num_samples')} samples, this table "
+                f"{self.num_samples}; a stats checkpoint only loads into a table of the same dataset"
+            )
+        if list(state.get("modalities", [])) != list(self._modalities):
+            raise ValueError(
+                f"state['modalities']: the checkpoint has {list(state.get('modalities', []))}, this table "
+                f"{list(self._modalities)}; the column layout must match"
+            )
+        values, last_step = state.get("values"), state.get("last_step")
+        expected = (self._layout.num_columns, self.num_samples)
+        if not isinstance(values, torch.Tensor) or tuple(values.shape) != expected:
+            raise ValueError(
+                f"state['values']: expected a tensor of shape {list(expected)}, got "
+                f"{list(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__}"
+            )
+        if values.dtype not in STATS_DTYPES:
+            raise ValueError(f"state['values']: expected a floating dtype of {STATS_DTYPES}, got {values.dtype}")
+        if not isinstance(last_step, torch.Tensor) or tuple(last_step.shape) != (self.num_samples,):
+            raise ValueError(f"state['last_step']: expected a tensor of shape [{self.num_samples}]")
+        if last_step.dtype.is_floating_point or last_step.dtype == torch.bool:
+            raise ValueError(f"state['last_step']: expected an integer tensor, got {last_step.dtype}")
+        if bool(torch.isinf(values).any()):
+            raise ValueError("state['values']: contains inf; the checkpoint is corrupt")
+        updates = state.get("num_updates")
+        if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
+            raise ValueError(f"state['num_updates']: expected a non-negative int, got {updates!r}")
+        self._pending = None
+        # In place: workers map this very memory.
+        self._values.copy_(values.clamp(-torch.finfo(self.dtype).max, torch.finfo(self.dtype).max))
+        self._last_step.copy_(last_step)
+        self._counter[0] = updates
+
+
+def _last_occurrence(ids: torch.Tensor) -> torch.Tensor:
+    """Row positions that keep, for each distinct id, its last row (in update order)."""
+    if ids.numel() < 2:
+        return torch.arange(ids.numel())
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    if unique.numel() == ids.numel():
+        return torch.arange(ids.numel())
+    positions = torch.arange(ids.numel())
+    last = torch.full((unique.numel(),), -1, dtype=torch.long)
+    return last.scatter_reduce_(0, inverse, positions, reduce="amax")

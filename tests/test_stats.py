@@ -1,0 +1,317 @@
+"""StatsTable: layout, updates and their bad input, sharing with workers, checkpoints."""
+
+import gc
+import io
+import math
+import os
+import pickle
+import warnings
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from midas_data import LateFusionClassifier, MidasObjective
+from midas_data.stats import StatsStorageWarning, StatsTable, bytes_per_sample
+
+MODALITIES = ("audio", "video")
+
+
+def per_sample(rows: int, seed: int = 0, has=None):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "confidence": torch.rand(rows, 2, generator=g),
+        "similarity": torch.rand(rows, generator=g) * 2 - 1,
+        "misaligned_loss": torch.rand(rows, generator=g) * 3,
+        "has_misaligned": torch.ones(rows, dtype=torch.bool) if has is None else torch.tensor(has),
+    }
+
+
+def snapshot(table: StatsTable):
+    return table.values.clone(), table.last_step.clone(), table.num_updates
+
+
+def assert_unchanged(table: StatsTable, before) -> None:
+    values, steps, updates = before
+    assert torch.equal(table.values.isnan(), values.isnan())
+    assert torch.equal(table.values.nan_to_num(), values.nan_to_num())
+    assert torch.equal(table.last_step, steps) and table.num_updates == updates
+
+
+# -- layout -------------------------------------------------------------------------------
+def test_bytes_per_sample_formula():
+    assert bytes_per_sample(2, torch.float16) == 12
+    assert bytes_per_sample(2, torch.bfloat16) == 12
+    assert bytes_per_sample(2, torch.float32) == 20 <= 32
+    table = StatsTable(1000, MODALITIES)
+    assert table.bytes_per_sample == 12
+    assert 12 * 1000 <= table.nbytes <= 12 * 1000 + 32
+    assert table.storage == "shm" and table.values.is_shared()
+
+
+def test_fresh_table_is_unseen():
+    table = StatsTable(5, MODALITIES)
+    assert table.values.isnan().all() and (table.last_step == -1).all() and table.num_updates == 0
+    assert table.confidence.shape == (2, 5) and table.similarity.shape == (5,)
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError, match="num_samples"):
+        StatsTable(0, MODALITIES)
+    with pytest.raises(ValueError, match="distinct"):
+        StatsTable(3, ("a", "a"))
+    with pytest.raises(ValueError, match="dtype"):
+        StatsTable(3, MODALITIES, dtype=torch.int32)
+    with pytest.raises(ValueError, match="storage"):
+        StatsTable(3, MODALITIES, storage="gpu")
+
+
+# -- updates --------------------------------------------------------------------------------
+def test_update_from_the_objective_diagnostics():
+    torch.manual_seed(0)
+    encoders = {"audio": torch.nn.Linear(3, 4), "video": torch.nn.Linear(5, 4)}
+    model = LateFusionClassifier(encoders, {"audio": 4, "video": 4}, num_classes=3)
+    objective = MidasObjective(3, MODALITIES)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    from midas_data.functional import plan_partners
+
+    plan = plan_partners(labels, 2, torch.Generator().manual_seed(1))
+    output = model({"audio": torch.randn(6, 3), "video": torch.randn(6, 5)})
+    _, info = objective(output, labels=labels, plan=plan, fuse=model.fuse)
+    ids = torch.tensor([10, 11, 12, 13, 14, 15])
+    table = StatsTable(20, MODALITIES)
+    table.update(ids, info["per_sample"], step=7)
+    got = table.read(ids)
+    expected = info["per_sample"]
+    assert torch.allclose(got["confidence"], expected["confidence"], atol=1e-3)
+    assert torch.allclose(got["similarity"], expected["similarity"], atol=1e-3)
+    assert torch.allclose(got["misaligned_loss"], expected["misaligned_loss"], rtol=1e-3)
+    assert got["last_step"].tolist() == [7] * 6
+    assert table.read([0])["similarity"].isnan().all()
+
+
+def test_has_misaligned_masks_similarity_and_loss_only():
+    table = StatsTable(4, MODALITIES)
+    stats = per_sample(3, has=[True, False, True])
+    table.update(torch.tensor([0, 1, 2]), stats)
+    got = table.read([0, 1, 2])
+    assert not got["confidence"].isnan().any()
+    assert got["similarity"].isnan().tolist() == [False, True, False]
+    assert got["misaligned_loss"].isnan().tolist() == [False, True, False]
+    assert got["last_step"].tolist() == [0, 0, 0]
+
+
+def test_partial_updates_leave_other_columns_alone():
+    table = StatsTable(3, MODALITIES)
+    table.update(torch.tensor([1]), similarity=torch.tensor([0.5]))
+    table.update(torch.tensor([1]), confidence=torch.tensor([[0.25, 0.75]]))
+    got = table.read([1])
+    assert got["similarity"].item() == 0.5 and got["confidence"].tolist() == [[0.25, 0.75]]
+    assert got["misaligned_loss"].isnan().all()
+
+
+def test_steps_default_to_the_update_count():
+    table = StatsTable(3, MODALITIES)
+    for _ in range(3):
+        table.update(torch.tensor([0]), similarity=torch.tensor([0.0]))
+    table.update(torch.tensor([1]), similarity=torch.tensor([0.0]), step=100)
+    assert table.last_step.tolist() == [2, 100, -1] and table.num_updates == 4
+    with pytest.raises(ValueError, match="step"):
+        table.update(torch.tensor([1]), similarity=torch.tensor([0.0]), step=2**31)
+
+
+def test_duplicate_ids_last_row_wins_per_column():
+    table = StatsTable(5, MODALITIES)
+    ids = torch.tensor([3, 1, 3, 3])
+    conf = torch.tensor([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3], [0.4, 0.4]])
+    sim = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    # The last row of id 3 has no misaligned copy: its similarity comes from the row before.
+    has = torch.tensor([True, True, True, False])
+    table.update(ids, confidence=conf, similarity=sim, misaligned_loss=sim, has_misaligned=has)
+    got = table.read([3, 1])
+    assert torch.allclose(got["confidence"][0], torch.tensor([0.4, 0.4]), atol=1e-3)
+    assert math.isclose(got["similarity"][0].item(), 0.3, abs_tol=1e-3)
+    assert math.isclose(got["similarity"][1].item(), 0.2, abs_tol=1e-3)
+
+
+def test_ids_beyond_2_to_the_24_are_exact():
+    n = 2**24 + 8
+    table = StatsTable(n, MODALITIES)
+    ids = torch.tensor([2**24 + 1, 2**24 + 3, 2**24 + 7], dtype=torch.int64)
+    table.update(ids, similarity=torch.tensor([0.25, 0.5, 0.75]))
+    assert table.read(ids)["similarity"].tolist() == [0.25, 0.5, 0.75]
+    # Their float32 neighbours (where a float cast would have put them) stay untouched.
+    assert table.read([2**24, 2**24 + 2, 2**24 + 4])["similarity"].isnan().all()
+    with pytest.raises(TypeError, match="2\\*\\*24"):
+        table.update(ids.float(), similarity=torch.zeros(3))
+
+
+# -- bad input ------------------------------------------------------------------------------
+def test_ids_outside_the_table_are_rejected_and_nothing_changes():
+    table = StatsTable(10, MODALITIES)
+    table.update(torch.tensor([1]), per_sample(1))
+    before = snapshot(table)
+    for bad in (10, -1, 2**40):
+        with pytest.raises(ValueError, match=f"sample id {bad} .*outside the table \\[0, 10\\)"):
+            table.update(torch.tensor([2, bad]), per_sample(2, seed=1))
+        assert_unchanged(table, before)
+
+
+@pytest.mark.parametrize("key", ["confidence", "similarity", "misaligned_loss"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_statistics_are_rejected_and_nothing_changes(key, bad):
+    table = StatsTable(10, MODALITIES)
+    table.update(torch.tensor([4, 5]), per_sample(2))
+    before = snapshot(table)
+    stats = per_sample(3, seed=2)
+    stats[key] = stats[key].clone()
+    stats[key][1] = bad
+    with pytest.raises(ValueError, match=f"{key}: .* sample id 5 \\(row 1\\) is not finite.*unchanged"):
+        table.update(torch.tensor([4, 5, 6]), stats)
+    assert_unchanged(table, before)
+
+
+def test_nan_where_there_is_no_misaligned_copy_is_ignored():
+    table = StatsTable(3, MODALITIES)
+    stats = per_sample(2, has=[True, False])
+    stats["similarity"][1] = math.nan
+    table.update(torch.tensor([0, 1]), stats)
+    assert table.read([1])["similarity"].isnan().all() and not table.read([0])["similarity"].isnan().any()
+
+
+def test_out_of_range_statistics_are_rejected_or_clipped():
+    table = StatsTable(3, MODALITIES)
+    with pytest.raises(ValueError, match="confidence: .*outside \\[0.0, 1.0\\]"):
+        table.update(torch.tensor([0]), confidence=torch.tensor([[1.5, 0.5]]))
+    with pytest.raises(ValueError, match="misaligned_loss"):
+        table.update(torch.tensor([0]), misaligned_loss=torch.tensor([-1.0]))
+    table.update(torch.tensor([0]), similarity=torch.tensor([1.0004]), misaligned_loss=torch.tensor([1e6]))
+    got = table.read([0])
+    assert got["similarity"].item() == 1.0
+    assert got["misaligned_loss"].item() == torch.finfo(torch.float16).max
+
+
+def test_shapes_and_types_are_checked():
+    table = StatsTable(3, MODALITIES)
+    with pytest.raises(ValueError, match="confidence: expected shape \\[2, 2\\]"):
+        table.update(torch.tensor([0, 1]), confidence=torch.rand(2, 3))
+    with pytest.raises(KeyError, match="unknown keys"):
+        table.update(torch.tensor([0]), {"confidence": torch.rand(1, 2), "alpha": torch.ones(1)})
+    with pytest.raises(ValueError, match="no statistics"):
+        table.update(torch.tensor([0]))
+    with pytest.raises(ValueError, match="has_misaligned"):
+        table.update(torch.tensor([0]), similarity=torch.zeros(1), has_misaligned=torch.ones(1))
+
+
+def test_padding_rows_marked_invalid_are_ignored():
+    table = StatsTable(3, MODALITIES)
+    table.update(torch.tensor([2, -1]), similarity=torch.tensor([0.5, math.nan]), valid=torch.tensor([True, False]))
+    assert table.read([2])["similarity"].item() == 0.5 and table.num_updates == 1
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def test_state_dict_round_trip_without_pickle():
+    table = StatsTable(50, MODALITIES)
+    table.update(torch.arange(0, 50, 3), per_sample(17, seed=3))
+    state = table.state_dict()
+    assert all(isinstance(v, (torch.Tensor, int, str, list)) for v in state.values())
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    other = StatsTable(50, MODALITIES)
+    shared_view = other.values
+    other.load_state_dict(loaded)
+    assert torch.equal(other.values.nan_to_num(7.0), table.values.nan_to_num(7.0))
+    assert torch.equal(other.last_step, table.last_step) and other.num_updates == table.num_updates
+    assert other.values.data_ptr() == shared_view.data_ptr()  # loaded in place, still shared
+
+
+def test_state_dict_converts_dtype():
+    wide = StatsTable(4, MODALITIES, dtype=torch.float32)
+    wide.update(torch.tensor([1]), similarity=torch.tensor([0.5]))
+    narrow = StatsTable(4, MODALITIES)
+    narrow.load_state_dict(wide.state_dict())
+    assert narrow.read([1])["similarity"].item() == 0.5
+
+
+def test_checkpoint_of_another_table_is_rejected():
+    table = StatsTable(10, MODALITIES)
+    with pytest.raises(ValueError, match="num_samples.*11 samples, this table 10"):
+        table.load_state_dict(StatsTable(11, MODALITIES).state_dict())
+    with pytest.raises(ValueError, match="modalities"):
+        table.load_state_dict(StatsTable(10, ("audio", "text")).state_dict())
+    with pytest.raises(ValueError, match="modalities"):
+        table.load_state_dict(StatsTable(10, ("audio", "video", "text")).state_dict())
+    with pytest.raises(ValueError, match="format"):
+        table.load_state_dict({"values": torch.zeros(4, 10)})
+    state = StatsTable(10, MODALITIES).state_dict()
+    state["values"] = state["values"][:, :5]
+    with pytest.raises(ValueError, match="values.*shape \\[4, 10\\]"):
+        table.load_state_dict(state)
+
+
+# -- sharing ----------------------------------------------------------------------------------
+class TableReader(Dataset):
+    """Item i: what the worker sees of sample i in each table."""
+
+    def __init__(self, tables):
+        self.tables = tables
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.stack([t.read([i])["similarity"][0] for t in self.tables])
+
+
+def _fail_share_memory(self):
+    raise RuntimeError("unable to open shared memory object </torch_test> in read-write mode")
+
+
+def test_spawned_persistent_workers_see_main_process_updates(monkeypatch):
+    shm = StatsTable(4, MODALITIES)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "share_memory_", _fail_share_memory)
+        with pytest.warns(StatsStorageWarning, match="file-backed"):
+            filed = StatsTable(4, MODALITIES)
+    assert shm.storage == "shm" and filed.storage == "file"
+    loader = DataLoader(
+        TableReader([shm, filed]),
+        batch_size=2,  # two batches an epoch: one for each worker
+        num_workers=2,
+        persistent_workers=True,
+        multiprocessing_context="spawn",
+    )
+    assert torch.cat(list(loader)).isnan().all()
+    for value in (0.25, -0.5):
+        for table in (shm, filed):
+            table.update(torch.arange(4), similarity=torch.full((4,), value))
+        assert (torch.cat(list(loader)) == value).all()  # the same worker processes, new values
+
+
+def test_shared_memory_unusable(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.Tensor, "share_memory_", _fail_share_memory)
+    with pytest.raises(RuntimeError, match="/dev/shm.*storage='file'"):
+        StatsTable(4, MODALITIES, storage="shm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = StatsTable(4, MODALITIES, storage="file", directory=tmp_path)  # asked for: no warning
+    path = table.path
+    assert path is not None and os.path.dirname(path) == str(tmp_path)
+    table.update(torch.tensor([3]), similarity=torch.tensor([0.5]))
+    # A pickled copy maps the same file (how spawned workers get it).
+    clone = pickle.loads(pickle.dumps(table))
+    assert clone.read([3])["similarity"].item() == 0.5
+    table.update(torch.tensor([3]), similarity=torch.tensor([-0.5]))
+    assert clone.read([3])["similarity"].item() == -0.5
+    del table, clone
+    gc.collect()
+    assert not os.path.exists(path)  # the creating table removes its file
+
+
+def test_file_backed_table_in_an_unwritable_directory_says_how_to_fix(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.Tensor, "share_memory_", _fail_share_memory)
+    missing = tmp_path / "does-not-exist"
+    with pytest.raises(RuntimeError, match="directory= a writable local directory"):
+        StatsTable(4, MODALITIES, storage="file", directory=missing)
