@@ -9,11 +9,11 @@ from .batch import MidasBatch
 from .collate import MidasCollate
 from .controller import WeakModalityController
 from .dataset import MidasDataset
+from .distributed import sync_stats
 from .errors import MidasDataError
 from .loader import midas_loader, set_epoch
 from .models import LateFusionClassifier, MidasModel, MultimodalOutput
 from .objective import MidasObjective
-from .distributed import sync_stats
 from .sampler import DistributedMidasBatchSampler, EpochPlan, MidasBatchSampler, pair_importance_weights
 from .stats import StatsStorageWarning, StatsTable
 

@@ -33,6 +33,7 @@ __all__ = [
     "hard_sample_weights",
     "misaligned_loss",
     "swap_features",
+    "pair_importance_weights",
 ]
 
 PARTNER_RULES = ("different_label", "any")
@@ -302,6 +303,23 @@ def misaligned_loss(
     log_p = F.log_softmax(fusion_logits, dim=1).gather(1, source_labels.long())
     per_row = -(alpha.detach().to(log_p.dtype) * shares * log_p).sum(dim=1)
     return weights.detach().to(per_row.dtype) * per_row
+
+
+def pair_importance_weights(sample_weights: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+    """Importance weights of misaligned rows ``[K]`` from those of the batch rows ``[B]``.
+
+    A misaligned row is a function of its distinct source samples, each drawn with
+    probability ``p``; relative to uniform draws its weight is the product of their
+    ``1 / (N p)``. (Exact up to the within-batch partner draw, which is uniform among the
+    batch's other-class rows under every policy.)
+    """
+    if plan.dim() != 2:
+        raise ValueError(f"plan: expected shape [K, M], got {tuple(plan.shape)}")
+    rows, _ = plan.sort(dim=1)
+    weights = sample_weights[rows]
+    repeated = torch.zeros_like(rows, dtype=torch.bool)
+    repeated[:, 1:] = rows[:, 1:] == rows[:, :-1]
+    return weights.masked_fill(repeated, 1.0).prod(dim=1)
 
 
 def swap_features(features: Sequence[torch.Tensor], plan: torch.Tensor) -> list[torch.Tensor]:

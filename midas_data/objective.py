@@ -119,8 +119,17 @@ class MidasObjective:
         num_unpaired: int = 0,
         fuse: Fuse | None = None,
         misaligned_logits: torch.Tensor | None = None,
+        sample_weights: torch.Tensor | None = None,
         update_alpha: bool = True,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The loss of one step and its diagnostics.
+
+        ``sample_weights`` ``[B]`` are importance weights ``1 / (N p_i)`` from a prioritised
+        sampler (``loader.batch_sampler.importance_weights(batch.ids)``): each aligned
+        row's loss is multiplied by its weight and each misaligned row's by the product of
+        its distinct sources' weights, which keeps the expected loss that of uniform
+        sampling. ``None`` means uniform sampling.
+        """
         if batch is not None:
             if labels is not None or plan is not None:
                 raise ValueError("pass either batch or labels/plan, not both")
@@ -142,6 +151,14 @@ class MidasObjective:
         loss_uni_parts = torch.stack([F.cross_entropy(lg, labels, reduction="none") for lg in uni_logits], dim=1)
         loss_uni = loss_uni_parts.sum(dim=1) if self.variant == "paper" else loss_uni_parts.mean(dim=1)
         loss_align = F.cross_entropy(fusion_logits, labels, reduction="none")
+        if sample_weights is not None:
+            if sample_weights.shape != labels.shape:
+                raise ValueError(
+                    f"sample_weights: expected shape {list(labels.shape)} (one per aligned row), "
+                    f"got {list(sample_weights.shape)}"
+                )
+            sample_weights = sample_weights.detach().to(loss_align.dtype)
+            loss_uni, loss_align = loss_uni * sample_weights, loss_align * sample_weights
         with torch.no_grad():
             confidences = MF.gather_confidences([lg.float().softmax(dim=1) for lg in uni_logits], labels)
 
@@ -187,7 +204,10 @@ class MidasObjective:
         else:
             alpha = torch.ones(len(self.modalities), device=row_conf.device)
         loss_rows = MF.misaligned_loss(mis_logits, row_conf, src_labels, alpha.to(row_conf.device), weights)
-        loss_mis = loss_rows.mean()
+        if sample_weights is not None:
+            loss_mis = (loss_rows * MF.pair_importance_weights(sample_weights, plan)).mean()
+        else:
+            loss_mis = loss_rows.mean()
         loss = loss + self.lam * loss_mis
 
         with torch.no_grad():

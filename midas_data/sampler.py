@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from .functional import pair_importance_weights
 from .stats import StatsTable
 
 __all__ = [
@@ -267,23 +268,6 @@ def batch_bounds(
     offset = start + rank * base + min(rank, extra)
     bounds.append((offset, offset + base + (1 if rank < extra else 0)))
     return bounds
-
-
-def pair_importance_weights(sample_weights: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
-    """Importance weights of misaligned rows ``[K]`` from those of the batch rows ``[B]``.
-
-    A misaligned row is a function of its distinct source samples, each drawn with
-    probability ``p``; relative to uniform draws its weight is the product of their
-    ``1 / (N p)``. (Exact up to the within-batch partner draw, which is uniform among the
-    batch's other-class rows under every policy.)
-    """
-    if plan.dim() != 2:
-        raise ValueError(f"plan: expected shape [K, M], got {tuple(plan.shape)}")
-    rows, _ = plan.sort(dim=1)
-    weights = sample_weights[rows]
-    repeated = torch.zeros_like(rows, dtype=torch.bool)
-    repeated[:, 1:] = rows[:, 1:] == rows[:, :-1]
-    return weights.masked_fill(repeated, 1.0).prod(dim=1)
 
 
 # -- the plan -------------------------------------------------------------------------------

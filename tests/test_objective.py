@@ -306,3 +306,24 @@ def test_objective_state_round_trip():
     restored = MidasObjective(3, MODS)
     restored.load_state_dict(obj.state_dict())
     assert restored.epoch == 4 and torch.equal(restored.alpha, obj.alpha)
+
+
+def test_importance_weights_scale_aligned_and_misaligned_rows():
+    model, batch = make_model(), make_batch()
+    out = model(batch.inputs)
+    base, _ = MidasObjective(3, MODS)(out, batch, fuse=model.fuse)
+    ones, _ = MidasObjective(3, MODS)(out, batch, fuse=model.fuse, sample_weights=torch.ones(12))
+    assert torch.allclose(base, ones)
+    doubled, _ = MidasObjective(3, MODS)(out, batch, fuse=model.fuse, sample_weights=torch.full((12,), 2.0))
+    # Aligned rows scale by 2, misaligned rows by 2 * 2 (two distinct sources each).
+    _, parts = MidasObjective(3, MODS)(out, batch, fuse=model.fuse)
+    aligned = parts["loss_align"] + parts["loss_uni"]
+    assert torch.allclose(doubled, 2 * aligned + 4 * parts["loss_mis"], atol=1e-5)
+    with pytest.raises(ValueError, match="sample_weights: expected shape"):
+        MidasObjective(3, MODS)(out, batch, fuse=model.fuse, sample_weights=torch.ones(5))
+
+
+def test_pair_importance_weights_count_each_distinct_source_once():
+    weights = torch.tensor([1.0, 2.0, 3.0])
+    plan = torch.tensor([[0, 1], [2, 2], [1, 2]])
+    assert torch.allclose(MF.pair_importance_weights(weights, plan), torch.tensor([2.0, 3.0, 6.0]))
