@@ -10,29 +10,35 @@ benchmarks on which modality imbalance is usually studied:
 
 * **audio (strong)**: background noise (random spectral tilt between white and
   brown-ish, power set relative to the speech portion of the clip) is mixed in
-  at ``audio_snr_db`` (default 0 dB), then a log-mel spectrogram is computed.
+  at ``audio_snr_db`` (default -5 dB), then a 32-band log-mel spectrogram is
+  computed and standardised per item.
 * **image (weak)**: pixels are scaled to [0, 1] and Gaussian noise of standard
-  deviation ``image_noise`` (default 0.8, not clipped) is added.
+  deviation ``image_noise`` (default 0.6, not clipped) is added.
 
-Both kinds of noise are drawn from a generator seeded by ``(seed, split,
+Both kinds of noise are drawn from generators seeded by ``(seed, split,
 index)``, so item ``i`` is identical on every read while different items (and
 different uses of the same clip) get different noise.
 
-Measured with these defaults, seed 0, models trained on ``train`` for 30
-epochs and scored on ``val`` (the test split was not used for calibration):
+Calibration of the defaults, seed 0: models trained on ``train`` for 30 epochs
+(AdamW, one-cycle schedule, batch 64) and scored on ``val``; the test split was
+not used.  Mean +- std over three training seeds:
 
-================================================  ==========
-model                                             val acc.
-================================================  ==========
-audio only (small 2-D CNN on the log-mel)          about 0.91
-image only (small MLP on the 64 pixels)            about 0.63
-late fusion (sum of both logits, trained jointly)  about 0.92
-  - its audio branch alone                         about 0.89
-  - its image branch alone                         about 0.23
-================================================  ==========
+=====================================================  ===============
+model                                                  val accuracy
+=====================================================  ===============
+audio only: 3 conv blocks (16/32/32 ch.) + linear      0.917 +- 0.012
+image only: MLP 64-128-10                              0.596 +- 0.010
+image only: 2 conv layers + 2 linear                   0.587 +- 0.011
+late fusion (audio CNN logits + image MLP logits)      0.972 +- 0.005
+  its audio branch alone                               0.867 +- 0.020
+  its image branch alone                               0.454 +- 0.029
+=====================================================  ===============
 
-so joint training learns mostly from audio and leaves the image branch far
-below what that modality can reach on its own.
+Joint training thus leans on audio: the fused model's image branch stays far
+below what the image modality reaches when trained on its own.  For reference
+(one training seed), without any noise the audio CNN reaches 1.00 and the image
+MLP 0.96; the audio CNN gives about 0.98 at 10 dB, 0.96 at 0 dB and 0.72 at
+-10 dB, and the image MLP about 0.68 at noise 0.5 and 0.42 at 0.8.
 
 Splits follow the usual 70/10/20 protocol: the 1797 images are split with a
 stratified ``train_test_split`` (every class in every split).  The clips are
@@ -57,8 +63,8 @@ DATA_PATH = Path(__file__).parent / "data" / "spoken_digits.npz"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
 
-DEFAULT_IMAGE_NOISE = 0.8
-DEFAULT_AUDIO_SNR_DB = 0.0
+DEFAULT_IMAGE_NOISE = 0.6
+DEFAULT_AUDIO_SNR_DB = -5.0
 
 # Log-mel front end at 8 kHz: 25 ms windows, 12.5 ms hop -> 65 frames per clip.
 N_FFT = 256
@@ -112,13 +118,9 @@ def _partition(seed: int, path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]
 
     _, image_labels = _load_images()
     all_idx = np.arange(len(image_labels))
-    rest, test = train_test_split(
-        all_idx, test_size=SPLIT_FRACTIONS["test"], stratify=image_labels, random_state=seed
-    )
+    rest, test = train_test_split(all_idx, test_size=SPLIT_FRACTIONS["test"], stratify=image_labels, random_state=seed)
     val_share = SPLIT_FRACTIONS["val"] / (1.0 - SPLIT_FRACTIONS["test"])
-    train, val = train_test_split(
-        rest, test_size=val_share, stratify=image_labels[rest], random_state=seed
-    )
+    train, val = train_test_split(rest, test_size=val_share, stratify=image_labels[rest], random_state=seed)
     image_split = {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
     clips = _load_clips(path)
@@ -128,8 +130,8 @@ def _partition(seed: int, path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]
     n_val = round(SPLIT_FRACTIONS["val"] * len(speakers))
     speaker_split = {
         "test": speakers[:n_test],
-        "val": speakers[n_test:n_test + n_val],
-        "train": speakers[n_test + n_val:],
+        "val": speakers[n_test : n_test + n_val],
+        "train": speakers[n_test + n_val :],
     }
 
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -178,8 +180,6 @@ class DigitsSpeechDataset(Dataset):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if image_noise < 0:
             raise ValueError("image_noise is a standard deviation and must be >= 0")
-        import torchaudio  # lazy: only the demo needs it
-
         path = str(Path(data_path) if data_path is not None else DATA_PATH)
         clips = _load_clips(path)
         images, image_labels = _load_images()
@@ -199,16 +199,8 @@ class DigitsSpeechDataset(Dataset):
         self._waveforms = clips["waveforms"]
         self._speech_length = np.minimum(clips["speech_length"], self._waveforms.shape[1])
         self._split_code = SPLITS.index(split)
-        self._mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=self.sample_rate,
-            n_fft=N_FFT,
-            win_length=WIN_LENGTH,
-            hop_length=HOP_LENGTH,
-            f_min=50.0,
-            f_max=self.sample_rate / 2,
-            n_mels=n_mels,
-            power=2.0,
-        )
+        self._window = _periodic_hann(WIN_LENGTH, N_FFT)
+        self._mel_fb = _mel_filterbank(self.sample_rate, N_FFT, n_mels, f_min=50.0)
 
     def __len__(self) -> int:
         return len(self.image_index)
@@ -239,17 +231,54 @@ class DigitsSpeechDataset(Dataset):
             speech_power = float(np.sum(wave**2)) / max(int(self._speech_length[clip]), 1)
             noise = _coloured_noise(len(wave), rng)
             wave = wave + noise * float(np.sqrt(speech_power / 10 ** (self.audio_snr_db / 10)))
-        with torch.no_grad():
-            spec = torch.log(self._mel(torch.from_numpy(wave)) + 1e-6)
-            if self.normalize_audio:
-                spec = (spec - spec.mean()) / (spec.std() + 1e-5)
-        return spec.unsqueeze(0)
+        spec = np.log(_power_spectrogram(wave, self._window) @ self._mel_fb + 1e-6).T
+        if self.normalize_audio:
+            spec = (spec - spec.mean()) / (spec.std() + 1e-5)
+        return torch.from_numpy(spec.astype(np.float32)).unsqueeze(0)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(split={self.split!r}, n={len(self)}, seed={self.seed}, "
             f"image_noise={self.image_noise}, audio_snr_db={self.audio_snr_db})"
         )
+
+
+# The log-mel front end is plain numpy on purpose: torch's intra-op threading on
+# tensors this small can be ~100x slower when the CPU is shared, and DataLoader
+# with num_workers=0 runs it in the main process.  It matches torchaudio's
+# MelSpectrogram (centred reflect-padded frames, periodic Hann window, HTK mel
+# scale, no filter normalisation), so torchaudio is not needed.
+
+
+def _periodic_hann(win_length: int, n_fft: int) -> np.ndarray:
+    """Periodic Hann window zero-padded (centred) to ``n_fft``."""
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)
+    left = (n_fft - win_length) // 2
+    return np.pad(window, (left, n_fft - win_length - left)).astype(np.float32)
+
+
+def _power_spectrogram(wave: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """|STFT|^2 as [n_frames, n_fft // 2 + 1], frames centred on multiples of the hop."""
+    n_fft = len(window)
+    padded = np.pad(wave, n_fft // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::HOP_LENGTH]
+    return np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
+
+
+def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0) -> np.ndarray:
+    """Triangular HTK-mel filters as [n_fft // 2 + 1, n_mels]."""
+
+    def to_mel(hz: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + hz / 700.0)
+
+    freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    mel_points = np.linspace(to_mel(np.float64(f_min)), to_mel(np.float64(sample_rate / 2)), n_mels + 2)
+    edges = 700.0 * (10 ** (mel_points / 2595.0) - 1.0)
+    widths = np.diff(edges)
+    offsets = edges[None, :] - freqs[:, None]
+    rising = -offsets[:, :-2] / widths[:-1]
+    falling = offsets[:, 2:] / widths[1:]
+    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
 
 
 def _coloured_noise(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -270,8 +299,6 @@ def load_demo_splits(
 ) -> dict[str, DigitsSpeechDataset]:
     """The stratified 70/10/20 train/val/test splits; extra keywords go to the dataset."""
     return {
-        split: DigitsSpeechDataset(
-            split, seed=seed, image_noise=image_noise, audio_snr_db=audio_snr_db, **kwargs
-        )
+        split: DigitsSpeechDataset(split, seed=seed, image_noise=image_noise, audio_snr_db=audio_snr_db, **kwargs)
         for split in SPLITS
     }
