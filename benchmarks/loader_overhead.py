@@ -8,7 +8,7 @@ second. The consumer reads every aligned input once, as a training step would; f
 level it also builds the misaligned rows (by default that gather happens on the consumer's
 side, see ``MidasCollate(materialize_in_worker=...)``). Prints one JSON line.
 
-    python benchmarks/loader_overhead.py [--samples 2048] [--batch-size 64] [--workers 2] [--repeats 5]
+    python benchmarks/loader_overhead.py [--samples 4096] [--batch-size 64] [--workers 2] [--repeats 15]
 """
 
 from __future__ import annotations
@@ -102,10 +102,10 @@ def epoch_rate(loader: DataLoader, epoch: int) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=2048)
+    parser.add_argument("--samples", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     # The workers keep both cores busy; a second intra-op thread in the consuming process
     # only stalls in OpenMP barriers (tens of ms per small op on this machine), for every
