@@ -1,0 +1,135 @@
+"""Command line: ``python -m midas_data demo`` (also installed as ``midas-data demo``).
+
+Trains joint training and MIDAS on the offline image + speech digits, prints a comparison
+table of test metrics and, as the last line of standard output, one JSON object::
+
+    {"demo": "digits_speech", "joint": {"accuracy": ..., "macro_f1": ...,
+     "misaligned_accuracy": ..., "per_modality_accuracy": {...}}, "midas": {...},
+     "report": "<dir>"}
+
+Progress bars and notes go to standard error. The report folder holds PNG plots,
+``results.json`` and ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+DATASET_NAME = "digits_speech"
+JSON_KEYS = ("accuracy", "macro_f1", "misaligned_accuracy", "per_modality_accuracy")
+# MIDAS hyper-parameters of the demo, chosen on the validation split (benchmarks/accuracy.py --tune).
+DEMO_MIDAS_OPTIONS = {"warmup_epochs": 2, "lam": 0.3}
+QUICK = {"epochs": 3, "warmup_epochs": 1, "train": 240, "val": 80, "test": 80}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="midas_data", description="MIDAS for imbalanced multimodal learning.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="train joint training and MIDAS on the offline digits demo and write a report",
+        description="Train joint training and MIDAS on handwritten digits paired with spoken digits "
+        "(offline, shipped with the package), compare them on the test split and write a report folder.",
+    )
+    demo.add_argument("--out", default="midas_demo_report", help="report folder (default: %(default)s)")
+    demo.add_argument("--epochs", type=int, default=20, help="training epochs per method (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data split, the model and the batches")
+    demo.add_argument("--quick", action="store_true", help="a few epochs on a small subset: a smoke test, not a result")
+    demo.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default: %(default)s; the models are small and one thread is fastest)",
+    )
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _subset(dataset: Any, size: int, seed: int) -> Any:
+    import torch
+    from torch.utils.data import Subset
+
+    if size >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, order[:size].tolist())
+
+
+def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
+    out = {key: metrics[key] for key in JSON_KEYS}
+    return json.loads(json.dumps(out, default=float))
+
+
+def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from . import report, training
+    from .demo import load_demo_splits
+
+    torch.set_num_threads(max(1, args.threads))
+    started = time.perf_counter()
+    log = (lambda *a: None) if args.no_progress else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    epochs = QUICK["epochs"] if args.quick else args.epochs
+    options = dict(DEMO_MIDAS_OPTIONS)
+    if args.quick:
+        options["warmup_epochs"] = QUICK["warmup_epochs"]
+    if epochs <= options["warmup_epochs"]:
+        raise SystemExit(
+            f"--epochs: expected more than the {options['warmup_epochs']} warm-up epochs of MIDAS, got {epochs}"
+        )
+
+    log("loading the image + speech digits and computing log-mel spectrograms ...")
+    raw = load_demo_splits(seed=args.seed)
+    data_note = repr(raw["train"])
+    if args.quick:
+        raw = {name: _subset(ds, QUICK[name], args.seed) for name, ds in raw.items()}
+    modalities = ("image", "audio")
+    splits = {name: training.cache_dataset(ds, modalities) for name, ds in raw.items()}
+    num_classes = 10
+    log(f"train/val/test = {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])} samples, {epochs} epochs")
+
+    config = training.TrainConfig(epochs=epochs, seed=args.seed)
+    runs = {}
+    for name in ("joint", "midas"):
+        runs[name] = training.run(
+            name, splits, num_classes, config, options=options, progress=not args.no_progress, desc=f"{name:>5}"
+        )
+
+    tests = {name: result.test for name, result in runs.items()}
+    print(f"MIDAS demo on {DATASET_NAME}: test split, best-on-validation checkpoint (percent)")
+    print(report.comparison_table(tests))
+    paths = report.write_report(
+        args.out,
+        dataset=DATASET_NAME,
+        runs={name: result.as_report() for name, result in runs.items()},
+        modalities=modalities,
+        warmup_epochs=options["warmup_epochs"],
+        notes=[
+            f"Data: {data_note}.",
+            "",
+            f"Budget: {epochs} epochs, batch {config.batch_size}, SGD lr {config.lr} momentum {config.momentum}, "
+            f"seed {args.seed}. MIDAS: {options}. One seed: differences of a point or two are within "
+            "seed-to-seed noise (benchmarks/accuracy.py runs three)."
+            + (" Quick mode: a small subset, not a result." if args.quick else ""),
+        ],
+        extra={"config": vars(config), "midas_options": options, "quick": bool(args.quick)},
+    )
+    log(f"report written to {paths['summary'].parent} in {time.perf_counter() - started:.0f} s")
+    return {"demo": DATASET_NAME, **{name: _compact(test) for name, test in tests.items()}, "report": str(args.out)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        summary = run_demo(args)
+        print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The training toolkit: every method trains on a tiny synthetic problem; selection and
+evaluation behave as documented."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from midas_data import LateFusionClassifier
+from midas_data import training as T
+
+NUM_CLASSES = 3
+
+
+def tiny_splits(n: int = 96, seed: int = 0) -> dict[str, T.InMemoryDataset]:
+    """Modality ``a`` is strong (class mean far from noise), ``b`` weak."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for split, size in (("train", n), ("val", n // 2), ("test", n // 2)):
+        labels = torch.arange(size) % NUM_CLASSES
+        a = torch.nn.functional.one_hot(labels, 4).float() * 3 + torch.randn(size, 4, generator=g)
+        b = torch.nn.functional.one_hot(labels, 6).float() * 0.7 + torch.randn(size, 6, generator=g)
+        out[split] = T.InMemoryDataset({"a": a, "b": b}, labels)
+    return out
+
+
+def tiny_model(seed: int = 0) -> LateFusionClassifier:
+    torch.manual_seed(seed)
+    encoders = {"a": nn.Sequential(nn.Linear(4, 16), nn.ReLU()), "b": nn.Sequential(nn.Linear(6, 16), nn.ReLU())}
+    return LateFusionClassifier(encoders, {"a": 16, "b": 16}, NUM_CLASSES)
+
+
+def step_losses(method: T.Method, steps: int = 40) -> list[float]:
+    splits = tiny_splits()
+    model = tiny_model()
+    config = T.TrainConfig(batch_size=32, lr=0.05, seed=0)
+    loader = method.train_loader(splits["train"], ["a", "b"], config)
+    optimizer = config.optimizer(model)
+    torch.manual_seed(0)
+    losses, epoch = [], 0
+    while len(losses) < steps:
+        T.set_epoch(loader, epoch)
+        method.start_epoch(epoch)
+        for batch in loader:
+            loss, info = method.loss(model, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            method.after_backward(model)
+            optimizer.step()
+            method.after_step(batch, info)
+            losses.append(float(loss.detach()))
+        epoch += 1
+    return losses
+
+
+@pytest.mark.parametrize("name", sorted(T.METHODS))
+def test_every_method_has_a_finite_decreasing_loss(name):
+    # No warm-up: the loss must mean the same thing from the first step to the last.
+    method = T.make_method(name, NUM_CLASSES, ["a", "b"], {"warmup_epochs": 0})
+    losses = step_losses(method)
+    assert all(math.isfinite(v) for v in losses)
+    first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert last < 0.8 * first, f"{name}: loss went from {first:.3f} to {last:.3f}"
+
+
+def test_joint_trains_its_unimodal_heads_only_as_probes():
+    model = tiny_model()
+    batch = next(iter(T.JointTraining().train_loader(tiny_splits()["train"], ["a", "b"], T.TrainConfig(batch_size=32))))
+    loss, _ = T.JointTraining(heads=False).loss(model, batch)
+    encoder_weight = model.encoders["a"][0].weight
+    head_only = torch.autograd.grad(
+        loss - nn.functional.cross_entropy(model(batch.inputs).fusion_logits, batch.labels),
+        encoder_weight,
+        allow_unused=True,
+    )[0]
+    # The probe part of the loss sends no gradient into the encoders.
+    assert head_only is None or torch.count_nonzero(head_only) == 0
+
+
+def test_ogm_coefficients_by_hand():
+    coeff = T.ogm_coefficients(torch.tensor([2.0, 1.0]), alpha=0.5)
+    # ratios 2 and 0.5: the dominant modality gets 1 - tanh(0.5 * (2 - 1)), the other 1.
+    assert coeff.tolist() == pytest.approx([1 - math.tanh(0.5), 1.0])
+    with pytest.raises(ValueError, match="scores"):
+        T.ogm_coefficients(torch.tensor([1.0]), 0.5)
+
+
+def test_mixup_lambda_range_and_error():
+    torch.manual_seed(0)
+    draws = [T.mixup_lambda(0.4) for _ in range(50)]
+    assert all(0.0 <= d <= 1.0 for d in draws)
+    with pytest.raises(ValueError, match="concentration"):
+        T.mixup_lambda(0.0)
+
+
+def test_fit_selects_the_best_validation_epoch_and_keeps_its_weights():
+    splits = tiny_splits()
+    model = tiny_model()
+    result = T.fit(T.JointTraining(), model, splits["train"], splits["val"], T.TrainConfig(epochs=4, batch_size=32))
+    val_accs = [r["val"]["accuracy"] for r in result.history]
+    assert len(result.history) == 4
+    assert result.best_epoch == val_accs.index(max(val_accs))
+    model.load_state_dict(result.best_state)
+    plan = T.misaligned_plan(splits["val"].labels, 2, T.TrainConfig().eval_seed)
+    assert T.evaluate(model, splits["val"], plan)["accuracy"] == pytest.approx(result.best_val_accuracy)
+
+
+def test_midas_records_alpha_every_step_and_history_has_every_metric():
+    splits = tiny_splits()
+    method = T.make_method("midas", NUM_CLASSES, ["a", "b"], {"warmup_epochs": 1})
+    result = T.fit(method, tiny_model(), splits["train"], splits["val"], T.TrainConfig(epochs=2, batch_size=32))
+    assert len(result.alpha_steps) == 2 * result.steps_per_epoch
+    assert all(len(a) == 2 and min(a) >= 1.0 for a in result.alpha_steps)
+    val = result.history[-1]["val"]
+    assert set(val) == {"accuracy", "macro_f1", "per_modality_accuracy", "misaligned_accuracy", "modality_confidence"}
+    assert set(val["per_modality_accuracy"]) == {"a", "b"}
+
+
+def test_misaligned_plan_is_fixed_and_pairs_other_classes():
+    labels = torch.arange(30) % NUM_CLASSES
+    plan = T.misaligned_plan(labels, 2, seed=7)
+    assert torch.equal(plan, T.misaligned_plan(labels, 2, seed=7))
+    assert plan.shape == (60, 2)
+    assert bool((labels[plan[:, 0]] != labels[plan[:, 1]]).all())
+    with pytest.raises(ValueError, match="one class"):
+        T.misaligned_plan(torch.zeros(5, dtype=torch.long), 2, seed=0)
+
+
+def test_run_tests_the_selected_checkpoint_once():
+    splits = {
+        k: T.InMemoryDataset({"image": torch.randn(len(v), 1, 8, 8), "audio": torch.randn(len(v), 1, 32, 20)}, v.labels)
+        for k, v in tiny_splits(48).items()
+    }
+    result = T.run("joint", splits, NUM_CLASSES, T.TrainConfig(epochs=2, batch_size=16))
+    assert set(result.test) >= {"accuracy", "macro_f1", "misaligned_accuracy"}
+    assert set(result.as_report()) >= {"history", "test", "best_epoch", "alpha_steps", "steps_per_epoch"}
+
+
+def test_cache_dataset_round_trip_and_errors():
+    items = [{"x": torch.full((2,), float(i)), "y": torch.zeros(1), "label": i % 2} for i in range(4)]
+    cached = T.cache_dataset(items, ["x", "y"])
+    assert len(cached) == 4 and cached[3]["label"] == 1 and cached[3]["x"].tolist() == [3.0, 3.0]
+    with pytest.raises(KeyError, match="modality 'z'"):
+        T.cache_dataset(items, ["x", "z"])
+    with pytest.raises(ValueError, match="rows"):
+        T.InMemoryDataset({"x": torch.zeros(3, 2)}, torch.zeros(4, dtype=torch.long))
+
+
+def test_build_model_picks_encoders_by_shape():
+    model = T.build_model({"image": (1, 8, 8), "audio": (1, 32, 65)}, 10, seed=0)
+    out = model({"image": torch.randn(5, 1, 8, 8), "audio": torch.randn(5, 1, 32, 65)})
+    assert out.fusion_logits.shape == (5, 10)
+    assert {m: f.shape[1] for m, f in out.features.items()} == {"image": 64, "audio": 64}
+    with pytest.raises(ValueError, match="input_shapes"):
+        T.build_model({"image": (8, 8)}, 10)
+
+
+def test_unknown_method_is_named():
+    with pytest.raises(KeyError, match="nope"):
+        T.make_method("nope", 3, ["a", "b"])
