@@ -188,14 +188,17 @@ class MidasObjective:
 
         if anchors is None:
             anchors = MF.plan_anchors(plan)
-        mis_logits = self._misaligned_logits(features, plan, fuse, misaligned_logits)
+        # The recombined features serve both the fusion head (feature level) and the
+        # hard-sample similarity: gather them once.
+        swapped = MF.swap_features(features, plan) if fuse is not None or self.hard_sample_weighting else None
+        mis_logits = self._misaligned_logits(swapped, plan, fuse, misaligned_logits)
         src_labels = labels[plan]
         # c^m of row k: the unimodal confidence of its modality-m source on that source's label.
         row_conf = confidences.gather(0, plan)
         replaced = MF.replaced_mask(plan, anchors)
         if self.hard_sample_weighting:
             originals = [f.index_select(0, anchors) for f in features]
-            swapped = [f.index_select(0, plan[:, m]) for m, f in enumerate(features)]
+            assert swapped is not None
             weights = MF.hard_sample_weights(originals, swapped, replaced)
         else:
             weights = torch.ones(plan.shape[0], dtype=row_conf.dtype, device=row_conf.device)
@@ -247,7 +250,7 @@ class MidasObjective:
 
     def _misaligned_logits(
         self,
-        features: list[torch.Tensor],
+        swapped: list[torch.Tensor] | None,
         plan: torch.Tensor,
         fuse: Fuse | None,
         misaligned_logits: torch.Tensor | None,
@@ -266,9 +269,8 @@ class MidasObjective:
             if self.validate and not bool(torch.isfinite(misaligned_logits).all()):
                 raise ValueError("misaligned_logits: contains NaN or inf")
             return misaligned_logits
-        swapped = dict(zip(self.modalities, MF.swap_features(features, plan)))
-        assert fuse is not None
-        return fuse(swapped)
+        assert fuse is not None and swapped is not None
+        return fuse(dict(zip(self.modalities, swapped)))
 
     def _no_misaligned(self, labels: torch.Tensor, diagnostics: dict[str, Any]) -> None:
         """Fill the diagnostics of a step without misaligned rows (warm-up, one class)."""
