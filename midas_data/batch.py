@@ -10,7 +10,7 @@ sends each sample once instead of three times); optionally inside the worker.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -123,24 +123,20 @@ class MidasBatch:
         return {m: take_rows(self.inputs[m], self.plan[:, i], m) for i, m in enumerate(self.modalities)}
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MidasBatch:
-        return replace(
-            self,
-            inputs=move_to(self.inputs, device, non_blocking),
-            labels=self.labels.to(device, non_blocking=non_blocking),
-            ids=self.ids.to(device, non_blocking=non_blocking),
-            plan=self.plan.to(device, non_blocking=non_blocking),
-            extras=move_to(self.extras, device, non_blocking),
-            _misaligned=None if self._misaligned is None else move_to(self._misaligned, device, non_blocking),
-        )
+        return self._map(lambda value: move_to(value, device, non_blocking))
 
     def pin_memory(self) -> MidasBatch:
         """Called by ``DataLoader(pin_memory=True)`` in its pinning thread."""
+        return self._map(_pin)
+
+    def _map(self, fn: Callable[[Any], Any]) -> MidasBatch:
+        """A copy with ``fn`` applied to every field that holds tensors."""
         return replace(
             self,
-            inputs=_pin(self.inputs),
-            labels=self.labels.pin_memory(),
-            ids=self.ids.pin_memory(),
-            plan=self.plan.pin_memory(),
-            extras=_pin(self.extras),
-            _misaligned=None if self._misaligned is None else _pin(self._misaligned),
+            inputs=fn(self.inputs),
+            labels=fn(self.labels),
+            ids=fn(self.ids),
+            plan=fn(self.plan),
+            extras=fn(self.extras),
+            _misaligned=None if self._misaligned is None else fn(self._misaligned),
         )
