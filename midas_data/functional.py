@@ -61,6 +61,30 @@ def _check_labels(labels: torch.Tensor) -> None:
         raise TypeError(f"labels: expected an integer tensor of class ids, got {labels.dtype}")
 
 
+def _other_class_partners(labels: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every row, a row drawn uniformly among the rows of another class, and whether one exists.
+
+    Rows sorted by class put each class in one run ``[start, start + count)``; the rows of
+    other classes are the sorted positions outside that run, so the ``u``-th of them, ``u``
+    uniform in ``[0, B - count)``, sits at position ``u`` or ``u + count``. ``O(B log B)``
+    time and ``O(B)`` memory, a handful of kernels whatever the batch size.
+    """
+    batch = labels.numel()
+    order = torch.sort(labels, stable=True).indices
+    sorted_labels = labels[order]
+    first = torch.searchsorted(sorted_labels, labels, side="left")
+    count = torch.searchsorted(sorted_labels, labels, side="right") - first
+    num_other = batch - count
+    # 62-bit integers modulo num_other: the bias is below 1e-16, and unlike scaled floats
+    # the draw can never reach num_other itself.
+    draw = torch.randint(2**62, (batch,), generator=generator, device=labels.device)
+    u = draw % num_other.clamp_min(1)
+    position = u + (u >= first) * count
+    valid = num_other > 0
+    partner = order[position.clamp_max(batch - 1)]
+    return partner, valid
+
+
 def plan_pairs(
     labels: torch.Tensor,
     num_modalities: int = 2,
@@ -103,11 +127,7 @@ def plan_pairs(
                 batch, (num_modalities, batch, num_modalities), generator=generator, device=gen_device
             )
     else:
-        # Uniform choice among the other-class rows: random scores, same-class rows masked.
-        other = y.unsqueeze(0) != y.unsqueeze(1)  # [B, B], other[i, j] = y_j != y_i
-        valid = other.any(dim=1)
-        scores = torch.rand(batch, batch, generator=generator, device=gen_device)
-        partner = scores.masked_fill(~other, -1.0).argmax(dim=1)
+        partner, valid = _other_class_partners(y, generator)
         if num_modalities > 2:
             # Independent sources per modality, uniform over the batch; the row keeps
             # modality r from the anchor. At least one source must have another label:

@@ -42,6 +42,19 @@ def test_partner_is_uniform_among_other_class_members():
     assert torch.allclose(freq, torch.full((5,), 0.2), atol=0.03)
 
 
+def test_partner_is_uniform_for_every_class_position():
+    # A class in the middle of the sorted order and unsorted rows: anchor 2 (class 1) must
+    # pick the four rows of classes 0 and 2 equally often, never a row of its own class.
+    labels = torch.tensor([2, 0, 1, 1, 2, 0, 1])
+    g = gen(2)
+    counts = torch.zeros(7)
+    trials = 8000
+    for _ in range(trials):
+        counts[MF.plan_partners(labels, 2, g)[2, 1]] += 1
+    assert counts[[2, 3, 6]].sum() == 0
+    assert torch.allclose(counts[[0, 1, 4, 5]] / trials, torch.full((4,), 0.25), atol=0.03)
+
+
 def test_single_class_batch_yields_no_rows_and_counts_them():
     plan = MF.plan_pairs(torch.tensor([3, 3, 3, 3]), 2, gen())
     assert plan.sources.shape == (0, 2)
