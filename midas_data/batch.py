@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
+from .buffers import host_buffers
 from .functional import plan_anchors
 
 __all__ = ["MidasBatch", "take_rows", "move_to"]
@@ -29,7 +31,11 @@ def take_rows(value: Any, rows: torch.Tensor, key: str = "input") -> Any:
     with one entry per sample; anything else raises a ``TypeError`` naming ``key``.
     """
     if isinstance(value, torch.Tensor):
-        return value.index_select(0, rows.to(value.device))
+        rows = rows.to(value.device)
+        if value.device.type == "cpu" and get_worker_info() is None:
+            out = host_buffers.empty((rows.numel(), *value.shape[1:]), value.dtype)
+            return torch.index_select(value, 0, rows, out=out)
+        return value.index_select(0, rows)
     if isinstance(value, np.ndarray):
         return value[rows.cpu().numpy()]
     if isinstance(value, Mapping):
