@@ -76,6 +76,18 @@ def nbytes(value) -> int:
     return 0
 
 
+def storages(value) -> set[int]:
+    """The distinct storages of a batch: each one crosses from a worker as its own segment."""
+    if isinstance(value, torch.Tensor):
+        return {value.untyped_storage().data_ptr()}
+    if isinstance(value, dict):
+        return set().union(*(storages(v) for v in value.values()))
+    if isinstance(value, MidasBatch):
+        fields = [value.inputs, value.labels, value.ids, value.plan, value._misaligned or {}]
+        return set().union(*(storages(v) for v in fields))
+    return set()
+
+
 def touch(value) -> float:
     """Read every element once, as a training step reading its inputs would."""
     if isinstance(value, torch.Tensor):
@@ -83,24 +95,24 @@ def touch(value) -> float:
     return sum(touch(v) for v in value.values())
 
 
-def epoch_rate(loader: DataLoader, epoch: int) -> tuple[float, int]:
+def epoch_rate(loader: DataLoader, epoch: int) -> tuple[float, int, int]:
     if hasattr(loader.batch_sampler, "set_epoch"):
         set_epoch(loader, epoch)
     samples, start = 0, time.perf_counter()
-    shipped = 0
+    shipped = segments = 0
     for batch in loader:
+        # What crossed from the worker, before any consumer-side build.
+        shipped, segments = nbytes(batch), len(storages(batch))
         if isinstance(batch, dict):
             samples += len(batch["label"])
             touch({k: batch[k] for k in ("image", "audio")})
-            shipped = nbytes(batch)
         else:
             samples += len(batch)
-            shipped = nbytes(batch)  # what crossed from the worker, before any consumer-side build
             touch(batch.inputs)
             # Input level: the gather that builds the misaligned rows is the consumer's share
             # of the loader's work (a no-op when the worker already built them).
             _ = batch.misaligned_inputs
-    return samples / (time.perf_counter() - start), shipped
+    return samples / (time.perf_counter() - start), shipped, segments
 
 
 def main() -> None:
@@ -128,6 +140,7 @@ def main() -> None:
     }
     rates: dict[str, list[float]] = {name: [] for name in loaders}
     sizes: dict[str, int] = {}
+    segments: dict[str, int] = {}
     for loader in loaders.values():  # warm-up: start the persistent workers
         epoch_rate(loader, 0)
     for repeat in range(args.repeats):
@@ -135,9 +148,8 @@ def main() -> None:
         names = list(loaders)
         names = names[repeat % len(names) :] + names[: repeat % len(names)]
         for name in names:
-            rate, size = epoch_rate(loaders[name], repeat + 1)
+            rate, sizes[name], segments[name] = epoch_rate(loaders[name], repeat + 1)
             rates[name].append(rate)
-            sizes[name] = size
     median = {name: statistics.median(values) for name, values in rates.items()}
 
     def paired(name: str) -> float:
@@ -158,6 +170,7 @@ def main() -> None:
                     "input_level": sizes["input_level"] - sizes["plain"],
                     "input_level_in_worker": sizes["input_level_in_worker"] - sizes["plain"],
                 },
+                "shared_memory_segments_per_batch": segments,
                 "batch_size": args.batch_size,
                 "num_workers": args.workers,
                 "repeats": args.repeats,

@@ -12,6 +12,7 @@ fresh buffer, in shared memory when called inside a worker), for several entries
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 
 import torch
@@ -57,7 +58,7 @@ def pack_tensors(
             shape, dtype = (len(entry), *entry[0].shape), entry[0].dtype
         nbytes = -(-nbytes // _ALIGN) * _ALIGN
         layout.append((name, shape, dtype, nbytes))
-        nbytes += _numel(shape) * dtype.itemsize
+        nbytes += math.prod(shape) * dtype.itemsize
     # Inside a worker the buffer goes straight to shared memory, as default_collate's own
     # does, so sending it does not copy it once more.
     if get_worker_info() is not None:
@@ -67,7 +68,7 @@ def pack_tensors(
     buffer = torch.empty(0, dtype=torch.uint8).set_(storage)
     packed = {}
     for name, shape, dtype, offset in layout:
-        view = buffer[offset : offset + _numel(shape) * dtype.itemsize].view(dtype).view(shape)
+        view = buffer[offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
         entry = entries[name]
         if isinstance(entry, torch.Tensor):
             view.copy_(entry)
@@ -75,10 +76,3 @@ def pack_tensors(
             torch.stack(list(entry), 0, out=view)
         packed[name] = view
     return packed
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
