@@ -77,9 +77,9 @@ def nbytes(value) -> int:
 
 
 def storages(value) -> set[int]:
-    """The distinct storages of a batch: each one crosses from a worker as its own segment."""
+    """The distinct shared-memory storages of a batch: each crossed from a worker as its own segment."""
     if isinstance(value, torch.Tensor):
-        return {value.untyped_storage().data_ptr()}
+        return {value.untyped_storage().data_ptr()} if value.is_shared() else set()
     if isinstance(value, dict):
         return set().union(*(storages(v) for v in value.values()))
     if isinstance(value, MidasBatch):

@@ -99,6 +99,17 @@ class MidasBatch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A batch from a worker arrives with labels, ids and plan as views of the buffer
+        # that also holds its inputs (one shared-memory segment per batch). Keeping a
+        # batch's labels or ids for later, as metric code does, must not keep megabytes of
+        # inputs alive: the small fields get memory of their own (a few microseconds).
+        self.__dict__.update(state)
+        for name in ("labels", "ids", "plan"):
+            value = self.__dict__[name]
+            if isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.untyped_storage().is_shared():
+                self.__dict__[name] = value.clone()
+
     @property
     def num_misaligned(self) -> int:
         return int(self.plan.shape[0])

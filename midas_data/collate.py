@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import default_collate, get_worker_info
 
 from .batch import MidasBatch
 from .errors import MidasDataError
@@ -135,12 +135,17 @@ class MidasCollate:
         labels = torch.tensor([self._label(sid, item) for sid, item in samples], dtype=torch.int64)
         generator = torch.Generator().manual_seed(plan_seed(self.seed, int(self.epoch), ids))
         plan = plan_pairs(labels, len(self.modalities), generator, self.rule)
-        # Tensor modalities that default_collate would stack, labels, ids and plan all go
-        # into one buffer: a worker then sends one shared-memory segment per batch.
+        # In a worker, the tensor modalities that default_collate would stack go into one
+        # buffer with labels, ids and plan, so that the batch crosses to the main process as
+        # one shared-memory segment. In the main process there is nothing to send and each
+        # modality is collated on its own, as default_collate would.
         values = {
             name: [self._field(sid, item, key, "modality") for sid, item in samples] for name, key in self.keys.items()
         }
-        separate = {name for name, v in values.items() if name in self.modality_collate or not stackable(v)}
+        in_worker = get_worker_info() is not None
+        separate = {
+            name for name, v in values.items() if not in_worker or name in self.modality_collate or not stackable(v)
+        }
         entries: dict[Any, Any] = {("input", name): v for name, v in values.items() if name not in separate}
         entries.update(labels=labels, ids=torch.tensor(ids, dtype=torch.int64), plan=plan.sources)
         try:
