@@ -1,8 +1,11 @@
 """``MidasCollate``: a batch transform that turns loaded samples into a ``MidasBatch``.
 
 It runs where ``collate_fn`` runs, inside the DataLoader workers: it validates the
-items, collates each modality once, plans the misaligned rows and, in input-level mode,
-materialises them by indexing the collated inputs (no sample is read twice).
+items, collates each modality once and plans the misaligned rows. Inside a worker the
+stackable modalities, labels, ids and plan are packed into one buffer, so the batch
+crosses to the main process as one shared-memory segment (``packing.py``). Input-level
+rows are built later by indexing the collated inputs (``MidasBatch.misaligned_inputs``),
+or here with ``materialize_in_worker=True``; no sample is read twice.
 
 The plan of a batch is drawn from a generator seeded by ``(seed, epoch, sample ids of the
 batch)``, so the same batch gets the same plan whichever worker builds it and however many
