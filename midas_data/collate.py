@@ -150,13 +150,15 @@ class MidasCollate:
             name for name, v in values.items() if not in_worker or name in self.modality_collate or not stackable(v)
         }
         entries: dict[Any, Any] = {("input", name): v for name, v in values.items() if name not in separate}
-        entries.update(labels=labels, ids=torch.tensor(ids, dtype=torch.int64), plan=plan.sources)
+        small = {"labels": labels, "ids": torch.tensor(ids, dtype=torch.int64), "plan": plan.sources}
         try:
-            packed = pack_tensors(entries)
-        except (RuntimeError, TypeError, ValueError) as err:
-            for name in (name for name in values if name not in separate):
-                self._collate_modality(name, samples, values[name])  # raises the error naming the sample
-            raise MidasDataError(f"batch of samples {ids[:8]}: could not collate: {err}") from err
+            packed = pack_tensors({**entries, **small})
+        except (RuntimeError, TypeError, ValueError):
+            # Values that would not stack (shapes differ, a later item is not a tensor) or
+            # that packing cannot hold: each modality goes to its own collate, which either
+            # handles it or raises the error that names the sample.
+            separate = set(values)
+            packed = pack_tensors(small)
         inputs = {
             name: self._collate_modality(name, samples, v) if name in separate else packed["input", name]
             for name, v in values.items()

@@ -36,6 +36,7 @@ def stackable(values: Sequence[object]) -> bool:
         and first.layout == torch.strided
         and first.device.type == "cpu"
         and not first.is_nested
+        and not first.is_quantized
         and not first.requires_grad
     )
 

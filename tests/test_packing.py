@@ -158,3 +158,23 @@ def test_misaligned_inputs_of_a_held_batch_survive_later_batches():
         for m in ("audio", "video"):
             assert torch.equal(batch.misaligned_inputs[m], copy[m])
             assert torch.equal(batch.misaligned_inputs[m], batch.inputs[m][batch.plan[:, ("audio", "video").index(m)]])
+
+
+def test_a_batch_that_cannot_be_packed_is_collated_modality_by_modality(monkeypatch):
+    import midas_data.collate as collate_module
+
+    real = collate_module.pack_tensors
+
+    def refuse_inputs(entries):
+        if any(isinstance(key, tuple) for key in entries):
+            raise RuntimeError("cannot pack these inputs")
+        return real(entries)
+
+    monkeypatch.setattr(collate_module, "pack_tensors", refuse_inputs)  # inherited by forked workers
+    loader = midas_loader(
+        DictDataset(), ("audio", "video"), batch_size=8, num_workers=1, multiprocessing_context="fork"
+    )
+    batch = next(iter(loader))
+    assert storage_ptr(batch.inputs["audio"]) != storage_ptr(batch.inputs["video"])
+    assert batch.inputs["audio"][:, 0].tolist() == batch.ids.float().tolist()
+    assert batch.inputs["video"][:, 0, 0].tolist() == (-batch.ids.float()).tolist()
