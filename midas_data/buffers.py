@@ -16,6 +16,7 @@ allocator and never comes here.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -28,17 +29,23 @@ def _storage_refs(tensor: torch.Tensor) -> int:
 
 
 class HostBufferPool:
-    """At most ``capacity`` CPU buffers, each reused once its last outside user is gone.
+    """CPU buffers reused once their last outside user is gone.
 
-    ``empty(shape, dtype)`` gives a tensor like ``torch.empty`` would, backed by a free
-    buffer of that shape and dtype when there is one.
+    ``empty(shape, dtype)`` gives a tensor like ``torch.empty`` would. It is the front of
+    a free buffer of that dtype when one holds enough elements, but not more than twice
+    as many (padded inputs change shape from batch to batch and still find one), else
+    new memory. The pool keeps at most ``capacity`` buffers and ``max_bytes`` bytes,
+    forgetting the oldest first; a forgotten buffer lives on with whoever still uses it.
     """
 
-    def __init__(self, capacity: int = 16) -> None:
+    def __init__(self, capacity: int = 16, max_bytes: int = 512 * 2**20) -> None:
         if capacity < 0:
             raise ValueError(f"capacity: expected >= 0, got {capacity}")
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes: expected >= 0, got {max_bytes}")
         self.capacity = capacity
-        self._buffers: list[torch.Tensor] = []
+        self.max_bytes = max_bytes
+        self._buffers: list[torch.Tensor] = []  # flat, oldest first
         self._lock = threading.Lock()
         # References the pool's own tensor accounts for: itself and the temporary Python
         # storage object made to ask; measured rather than assumed.
@@ -46,18 +53,23 @@ class HostBufferPool:
         self._own_refs = _storage_refs(probe) if _COUNTS_REFS else -1
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        if not _COUNTS_REFS or self.capacity == 0:
+        numel = math.prod(shape)
+        if not _COUNTS_REFS or self.capacity == 0 or numel * dtype.itemsize > self.max_bytes:
             return torch.empty(shape, dtype=dtype)
         with self._lock:
             for buffer in self._buffers:
-                if buffer.shape == shape and buffer.dtype == dtype and self._free(buffer):
-                    return buffer.view(shape)
-            buffer = torch.empty(shape, dtype=dtype)
+                if buffer.dtype == dtype and numel <= buffer.numel() <= 2 * numel and self._free(buffer):
+                    return buffer[:numel].view(shape)
+            buffer = torch.empty(numel, dtype=dtype)
             self._buffers.append(buffer)
-            if len(self._buffers) > self.capacity:
-                # Forget the oldest buffer; its memory lives on with whoever still uses it.
+            while len(self._buffers) > self.capacity or self.nbytes > self.max_bytes:
                 self._buffers.pop(0)
             return buffer.view(shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the buffers the pool keeps (in use or free)."""
+        return sum(b.numel() * b.element_size() for b in self._buffers)
 
     def _free(self, buffer: torch.Tensor) -> bool:
         # No Python storage object is held across the count: it would be counted too.

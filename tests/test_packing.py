@@ -109,7 +109,20 @@ def test_a_dropped_buffer_is_reused_and_a_held_one_is_not():
     assert torch.equal(first, torch.ones(4, 3))
     del first
     assert pool.empty((4, 3), torch.float32).data_ptr() == address
-    assert pool.empty((4, 2), torch.float32).data_ptr() != address  # another shape: a new buffer
+    # Another shape that fits (padded inputs): the front of the same free buffer.
+    assert pool.empty((2, 5), torch.float32).data_ptr() == address
+    assert pool.empty((4, 3), torch.float64).data_ptr() != address  # another dtype
+    assert pool.empty((2, 2), torch.float32).data_ptr() != address  # under half: not worth 12 elements
+
+
+def test_pool_of_variable_shapes_stays_bounded():
+    pool = HostBufferPool(capacity=64, max_bytes=1000)
+    for length in range(1, 60):  # every batch padded to another length, none kept by the caller
+        out = pool.empty((length, 4), torch.float32)
+        assert out.shape == (length, 4)
+    assert pool.nbytes <= 1000
+    assert pool.empty((300, 4), torch.float32).shape == (300, 4)  # larger than the cap: not pooled
+    assert pool.nbytes <= 1000
 
 
 @pytest.mark.parametrize("holder", ["view", "numpy", "autograd"])
@@ -148,6 +161,8 @@ def test_pool_capacity():
     assert HostBufferPool(capacity=0).empty((2,), torch.float32).shape == (2,)
     with pytest.raises(ValueError, match="capacity"):
         HostBufferPool(capacity=-1)
+    with pytest.raises(ValueError, match="max_bytes"):
+        HostBufferPool(max_bytes=-1)
 
 
 def test_misaligned_inputs_of_a_held_batch_survive_later_batches():
