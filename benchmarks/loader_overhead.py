@@ -60,32 +60,25 @@ class DecodingDataset(Dataset):
         return {"image": pixels, "audio": torch.from_numpy(spec).unsqueeze(0), "label": int(self.labels[i])}
 
 
-def nbytes(value) -> int:
+def tensors(value) -> list[torch.Tensor]:
+    """Every tensor of a plain batch (dict) or a MIDAS batch, as it arrived from the worker."""
     if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
+        return [value]
     if isinstance(value, dict):
-        return sum(nbytes(v) for v in value.values())
-    if isinstance(value, MidasBatch):
-        return (
-            nbytes(value.inputs)
-            + nbytes(value.labels)
-            + nbytes(value.ids)
-            + nbytes(value.plan)
-            + (nbytes(value._misaligned) if value._misaligned is not None else 0)
-        )
-    return 0
-
-
-def storages(value) -> set[int]:
-    """The distinct shared-memory storages of a batch: each crossed from a worker as its own segment."""
-    if isinstance(value, torch.Tensor):
-        return {value.untyped_storage().data_ptr()} if value.is_shared() else set()
-    if isinstance(value, dict):
-        return set().union(*(storages(v) for v in value.values()))
+        return [t for v in value.values() for t in tensors(v)]
     if isinstance(value, MidasBatch):
         fields = [value.inputs, value.labels, value.ids, value.plan, value._misaligned or {}]
-        return set().union(*(storages(v) for v in fields))
-    return set()
+        return [t for v in fields for t in tensors(v)]
+    return []
+
+
+def nbytes(value) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors(value))
+
+
+def segments(value) -> int:
+    """Distinct shared-memory storages: each crossed from a worker as its own segment."""
+    return len({t.untyped_storage().data_ptr() for t in tensors(value) if t.is_shared()})
 
 
 def touch(value) -> float:
@@ -99,10 +92,10 @@ def epoch_rate(loader: DataLoader, epoch: int) -> tuple[float, int, int]:
     if hasattr(loader.batch_sampler, "set_epoch"):
         set_epoch(loader, epoch)
     samples, start = 0, time.perf_counter()
-    shipped = segments = 0
+    shipped = shared = 0
     for batch in loader:
         # What crossed from the worker, before any consumer-side build.
-        shipped, segments = nbytes(batch), len(storages(batch))
+        shipped, shared = nbytes(batch), segments(batch)
         if isinstance(batch, dict):
             samples += len(batch["label"])
             touch({k: batch[k] for k in ("image", "audio")})
@@ -112,7 +105,7 @@ def epoch_rate(loader: DataLoader, epoch: int) -> tuple[float, int, int]:
             # Input level: the gather that builds the misaligned rows is the consumer's share
             # of the loader's work (a no-op when the worker already built them).
             _ = batch.misaligned_inputs
-    return samples / (time.perf_counter() - start), shipped, segments
+    return samples / (time.perf_counter() - start), shipped, shared
 
 
 def main() -> None:
@@ -140,7 +133,7 @@ def main() -> None:
     }
     rates: dict[str, list[float]] = {name: [] for name in loaders}
     sizes: dict[str, int] = {}
-    segments: dict[str, int] = {}
+    shared: dict[str, int] = {}
     for loader in loaders.values():  # warm-up: start the persistent workers
         epoch_rate(loader, 0)
     for repeat in range(args.repeats):
@@ -148,7 +141,7 @@ def main() -> None:
         names = list(loaders)
         names = names[repeat % len(names) :] + names[: repeat % len(names)]
         for name in names:
-            rate, sizes[name], segments[name] = epoch_rate(loaders[name], repeat + 1)
+            rate, sizes[name], shared[name] = epoch_rate(loaders[name], repeat + 1)
             rates[name].append(rate)
     median = {name: statistics.median(values) for name, values in rates.items()}
 
@@ -170,7 +163,7 @@ def main() -> None:
                     "input_level": sizes["input_level"] - sizes["plain"],
                     "input_level_in_worker": sizes["input_level_in_worker"] - sizes["plain"],
                 },
-                "shared_memory_segments_per_batch": segments,
+                "shared_memory_segments_per_batch": shared,
                 "batch_size": args.batch_size,
                 "num_workers": args.workers,
                 "repeats": args.repeats,

@@ -151,14 +151,16 @@ class MidasCollate:
         }
         entries: dict[Any, Any] = {("input", name): v for name, v in values.items() if name not in separate}
         small = {"labels": labels, "ids": torch.tensor(ids, dtype=torch.int64), "plan": plan.sources}
-        try:
-            packed = pack_tensors({**entries, **small})
-        except (RuntimeError, TypeError, ValueError):
-            # Values that would not stack (shapes differ, a later item is not a tensor) or
-            # that packing cannot hold: each modality goes to its own collate, which either
-            # handles it or raises the error that names the sample.
-            separate = set(values)
-            packed = pack_tensors(small)
+        packed: dict[Any, torch.Tensor] = small
+        if in_worker:
+            try:
+                packed = pack_tensors({**entries, **small})
+            except (RuntimeError, TypeError, ValueError):
+                # Values that would not stack (shapes differ, a later item is not a tensor)
+                # or that packing cannot hold: each modality goes to its own collate, which
+                # either handles it or raises the error that names the sample.
+                separate = set(values)
+                packed = pack_tensors(small)
         inputs = {
             name: self._collate_modality(name, samples, v) if name in separate else packed["input", name]
             for name, v in values.items()

@@ -13,7 +13,8 @@ fresh buffer, in shared memory when called inside a worker), for several entries
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import get_worker_info
@@ -42,24 +43,25 @@ def stackable(values: Sequence[object]) -> bool:
 
 
 def pack_tensors(
-    entries: Mapping[Hashable, Sequence[torch.Tensor] | torch.Tensor],
-) -> dict[Hashable, torch.Tensor]:
+    entries: Mapping[Any, Sequence[torch.Tensor] | torch.Tensor],
+) -> dict[Any, torch.Tensor]:
     """Tensors for ``entries``, all views of one new storage, in shared memory inside a worker.
 
     An entry is either a ready tensor (copied in) or a sequence of equal-shape tensors
     (stacked along a new first dimension, as ``torch.stack`` does). Raises what
     ``torch.stack`` raises when the tensors of a sequence differ in shape.
     """
-    layout: list[tuple[Hashable, tuple[int, ...], torch.dtype, int]] = []
+    layout: list[tuple[Any, tuple[int, ...], torch.dtype, int, int]] = []
     nbytes = 0
     for name, entry in entries.items():
         if isinstance(entry, torch.Tensor):
             shape, dtype = tuple(entry.shape), entry.dtype
         else:
             shape, dtype = (len(entry), *entry[0].shape), entry[0].dtype
+        size = math.prod(shape) * dtype.itemsize
         nbytes = -(-nbytes // _ALIGN) * _ALIGN
-        layout.append((name, shape, dtype, nbytes))
-        nbytes += math.prod(shape) * dtype.itemsize
+        layout.append((name, shape, dtype, nbytes, size))
+        nbytes += size
     # Inside a worker the buffer goes straight to shared memory, as default_collate's own
     # does, so sending it does not copy it once more.
     if get_worker_info() is not None:
@@ -68,8 +70,8 @@ def pack_tensors(
         storage = torch.UntypedStorage(max(nbytes, 1))
     buffer = torch.empty(0, dtype=torch.uint8).set_(storage)
     packed = {}
-    for name, shape, dtype, offset in layout:
-        view = buffer[offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+    for name, shape, dtype, offset, size in layout:
+        view = buffer[offset : offset + size].view(dtype).view(shape)
         entry = entries[name]
         if isinstance(entry, torch.Tensor):
             view.copy_(entry)
