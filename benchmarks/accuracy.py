@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from midas_data import training
-from midas_data.demo.variants import DESCRIPTIONS, load_variant_splits
+from midas_data import experiments as training
+from midas_data.experiments.demo.variants import DESCRIPTIONS, load_variant_splits
 
 MODALITIES = ("image", "audio")
 NUM_CLASSES = 10

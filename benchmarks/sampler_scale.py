@@ -26,8 +26,8 @@ import time
 import torch
 from torch.utils.data import WeightedRandomSampler
 
-from midas_data.sampler import MidasBatchSampler
-from midas_data.stats import StatsTable
+from midas_data.feedback.sampler import MidasBatchSampler
+from midas_data.feedback.stats import StatsTable
 
 POLICIES = ("uniform", "hard", "weak_modality")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from midas_data import MidasBatch, MidasCollate, MidasObjective
-from midas_data.training import build_model
+from midas_data.experiments import build_model
 
 SHAPES = {"image": (1, 8, 8), "audio": (1, 32, 65)}
 NUM_CLASSES = 10

@@ -1,21 +1,27 @@
 """midas_data: MIDAS misalignment-based augmentation in PyTorch data loading.
 
 The core imports with torch and numpy alone. See ``midas_data.functional`` for the math,
-``MidasObjective`` for the loss and ``MidasBatch`` for what a training step consumes.
+``MidasObjective`` for the loss, ``midas_data.data`` for the worker-side batches and
+``midas_data.feedback`` for the stats table and the sampler; ``docs/layout.md`` maps
+the package.
 """
 
 from . import functional
-from .batch import MidasBatch
-from .collate import MidasCollate
 from .controller import WeakModalityController
-from .dataset import MidasDataset
-from .distributed import sync_stats
+from .data import MidasBatch, MidasCollate, MidasDataset
 from .errors import MidasDataError
+from .feedback import (
+    DistributedMidasBatchSampler,
+    EpochPlan,
+    MidasBatchSampler,
+    StatsStorageWarning,
+    StatsTable,
+    sync_stats,
+)
+from .functional import pair_importance_weights
 from .loader import midas_loader, set_epoch
 from .models import LateFusionClassifier, MidasModel, MultimodalOutput
 from .objective import MidasObjective
-from .sampler import DistributedMidasBatchSampler, EpochPlan, MidasBatchSampler, pair_importance_weights
-from .stats import StatsStorageWarning, StatsTable
 
 __version__ = "0.1.0"
 

@@ -68,8 +68,9 @@ def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from . import report, training
-    from .demo import load_demo_splits
+    from . import experiments as training
+    from .experiments import report
+    from .experiments.demo import load_demo_splits
 
     torch.set_num_threads(max(1, args.threads))
     started = time.perf_counter()

@@ -13,10 +13,10 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from .collate import CollateFn, Key, MidasCollate, ModalityKeys
-from .dataset import MidasDataset
-from .sampler import MidasBatchSampler, shared_epoch
-from .stats import StatsTable
+from .data.collate import CollateFn, Key, MidasCollate, ModalityKeys
+from .data.dataset import MidasDataset
+from .feedback.sampler import MidasBatchSampler, shared_epoch
+from .feedback.stats import StatsTable
 
 __all__ = ["midas_loader", "set_epoch"]
 
@@ -52,7 +52,7 @@ def midas_loader(
 
     ``stats``, ``policy``, ``floor``, ``weak_modality``, ``num_replicas`` and ``rank`` go to
     :class:`MidasBatchSampler`: the prioritised policies (``"hard"``, ``"weak_modality"``,
-    experimental) read the :class:`~midas_data.stats.StatsTable` given as ``stats``;
+    experimental) read the :class:`~midas_data.feedback.stats.StatsTable` given as ``stats``;
     ``num_replicas``/``rank`` split each epoch by rank for plain DDP loops (leave them at
     1/0 under Accelerate, which shards batches itself). See ``docs/feedback.md``.
     """

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from . import functional as MF
-from .batch import MidasBatch
 from .controller import VARIANTS, WeakModalityController
+from .data.batch import MidasBatch
 from .models import MultimodalOutput
 
 __all__ = ["MidasObjective"]

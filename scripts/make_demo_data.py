@@ -1,4 +1,4 @@
-"""Generate the spoken-digit clips shipped with the ``midas_data.demo`` dataset.
+"""Generate the spoken-digit clips shipped with the ``midas_data.experiments.demo`` dataset.
 
 The demo pairs scikit-learn's handwritten digits with spoken digit names.  The
 speech is synthesized once, here, with espeak-ng so that the demo itself needs
@@ -18,7 +18,7 @@ centred in a fixed 0.8 s window (6400 samples; the rare longer utterance is cut
 at the end), peak-normalised and stored as int16.  Background noise is not
 baked in: the dataset mixes it in at load time.
 
-Output: ``midas_data/demo/data/spoken_digits.npz`` (``np.savez_compressed``,
+Output: ``midas_data/experiments/demo/data/spoken_digits.npz`` (``np.savez_compressed``,
 plain numeric arrays only, loadable with ``allow_pickle=False``):
 
 =================  =======  ==============  ========================================
@@ -38,7 +38,7 @@ key                dtype    shape           meaning
 With the dataset defaults (image pixel noise std 0.6, audio SNR -5 dB), small
 unimodal models trained on the train split reach about 92% (audio) and 60%
 (image) accuracy on the val split, so audio is the dominant modality; see
-``midas_data/demo/dataset.py`` for the calibration.
+``midas_data/experiments/demo/dataset.py`` for the calibration.
 
 Usage::
 
@@ -83,7 +83,7 @@ SPEED_RANGE = (130, 220)  # words per minute, inclusive
 PITCH_RANGE = (25, 75)  # espeak-ng scale 0..99, inclusive
 MAX_BYTES = 4 * 1024 * 1024
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "midas_data" / "demo" / "data" / "spoken_digits.npz"
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "midas_data/experiments/demo/data/spoken_digits.npz"
 
 
 def installed_variants() -> set[str]:

@@ -38,7 +38,7 @@ def test_demo_rejects_too_few_epochs(tmp_path):
 
 
 def test_class_split_variant_replaces_one_modality_within_its_half():
-    from midas_data.demo.variants import ClassSplitDataset, load_variant_splits
+    from midas_data.experiments.demo.variants import ClassSplitDataset, load_variant_splits
 
     base = load_variant_splits("demo", seed=0)["val"]
     split = ClassSplitDataset(base, seed=0)
@@ -58,7 +58,7 @@ def test_class_split_variant_replaces_one_modality_within_its_half():
 
 
 def test_unknown_variant_is_named():
-    from midas_data.demo.variants import load_variant_splits
+    from midas_data.experiments.demo.variants import load_variant_splits
 
     with pytest.raises(KeyError, match="nope"):
         load_variant_splits("nope")

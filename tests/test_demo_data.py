@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("sklearn")
 
-from midas_data.demo import DigitsSpeechDataset, load_demo_splits  # noqa: E402
-from midas_data.demo.dataset import DATA_PATH  # noqa: E402
+from midas_data.experiments.demo import DigitsSpeechDataset, load_demo_splits  # noqa: E402
+from midas_data.experiments.demo.dataset import DATA_PATH  # noqa: E402
 
 N_DIGITS = 1797
 

@@ -10,9 +10,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from midas_data.distributed import all_gather_rows, is_distributed, pack_per_sample, sync_stats
-from midas_data.sampler import DistributedMidasBatchSampler
-from midas_data.stats import StatsTable
+from midas_data.feedback.columns import pack_statistics
+from midas_data.feedback.sampler import DistributedMidasBatchSampler
+from midas_data.feedback.stats import StatsTable
+from midas_data.feedback.sync import all_gather_rows, is_distributed, sync_stats
 
 MODALITIES = ("audio", "video")
 BIG = 2**24 + 64  # ids above 2**24 do not survive a float32 cast
@@ -39,8 +40,8 @@ def digest(table: StatsTable) -> str:
 def test_without_a_process_group_everything_is_local():
     assert not is_distributed()
     ids, stats = rows([3, 2**24 + 1], seed=0)
-    packed = pack_per_sample(stats, 2)
-    assert packed.shape == (2, 5) and packed.dtype == torch.float32
+    packed, columns = pack_statistics(stats, 2, rows=2)
+    assert packed.shape == (2, 5) and packed.dtype == torch.float32 and columns == (True, True, True, True)
     out_ids, out_values, valid = all_gather_rows(ids, packed)
     assert out_ids is not None and torch.equal(out_ids, ids) and out_values is packed and valid is None
     table = StatsTable(2**24 + 2, MODALITIES)

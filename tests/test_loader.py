@@ -17,7 +17,7 @@ from midas_data import (
     midas_loader,
     set_epoch,
 )
-from midas_data.sampler import MidasBatchSampler
+from midas_data.feedback.sampler import MidasBatchSampler
 
 NUM_CLASSES = 4
 

@@ -1,11 +1,11 @@
-"""midas_data.metrics against values computed by hand."""
+"""midas_data.experiments.metrics against values computed by hand."""
 
 import math
 
 import pytest
 import torch
 
-from midas_data import metrics
+from midas_data.experiments import metrics
 
 
 def test_accuracy_from_logits_and_from_class_ids():

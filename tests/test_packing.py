@@ -6,8 +6,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from midas_data import midas_loader
-from midas_data.buffers import HostBufferPool
-from midas_data.packing import pack_tensors, stackable
+from midas_data.data.buffers import HostBufferPool
+from midas_data.data.packing import pack_tensors, stackable
 
 
 class DictDataset(Dataset):
@@ -176,7 +176,7 @@ def test_misaligned_inputs_of_a_held_batch_survive_later_batches():
 
 
 def test_a_batch_that_cannot_be_packed_is_collated_modality_by_modality(monkeypatch):
-    import midas_data.collate as collate_module
+    import midas_data.data.collate as collate_module
 
     real = collate_module.pack_tensors
 

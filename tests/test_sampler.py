@@ -9,19 +9,18 @@ import torch
 from torch.utils.data import Dataset
 
 from midas_data import midas_loader, set_epoch
-from midas_data.sampler import (
-    DistributedMidasBatchSampler,
-    MidasBatchSampler,
+from midas_data.feedback.planning import (
     affine_coefficients,
     arrange_counts,
     batch_bounds,
     choose_weak_modality,
-    pair_importance_weights,
     resample_irregular,
     stat_moments,
     systematic_counts,
 )
-from midas_data.stats import StatsTable
+from midas_data.feedback.sampler import DistributedMidasBatchSampler, MidasBatchSampler
+from midas_data.feedback.stats import StatsTable
+from midas_data.functional import pair_importance_weights
 
 MODALITIES = ("audio", "video")
 # torchdata's StatefulDataLoader calls a deprecated torch function; not ours to fix.

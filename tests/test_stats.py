@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from midas_data import LateFusionClassifier, MidasObjective
-from midas_data.stats import StatsStorageWarning, StatsTable, bytes_per_sample
+from midas_data.feedback.stats import StatsStorageWarning, StatsTable, bytes_per_sample
 
 MODALITIES = ("audio", "video")
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from midas_data import LateFusionClassifier
-from midas_data import training as T
+from midas_data import LateFusionClassifier, set_epoch
+from midas_data import experiments as T
 
 NUM_CLASSES = 3
 
@@ -40,7 +40,7 @@ def step_losses(method: T.Method, steps: int = 40) -> list[float]:
     torch.manual_seed(0)
     losses, epoch = [], 0
     while len(losses) < steps:
-        T.set_epoch(loader, epoch)
+        set_epoch(loader, epoch)
         method.start_epoch(epoch)
         for batch in loader:
             loss, info = method.loss(model, batch)

@@ -32,29 +32,28 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
-import uuid
-import warnings
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["StatsTable", "StatsStorageWarning", "bytes_per_sample", "STATS_DTYPES"]
+from .columns import as_id_tensor, pack_statistics
+from .storage import STORAGES, SharedBuffer, StatsStorageWarning
+
+__all__ = [
+    "StatsTable",
+    "StatsStorageWarning",
+    "bytes_per_sample",
+    "STATS_DTYPES",
+]
 
 STATS_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _FORMAT = "midas_data.StatsTable/1"
-_STORAGES = ("auto", "shm", "file")
 _MAX_STEP = 2**31 - 1
 # Tolerance for statistics a hair outside their range through rounding (softmax, cosine).
 _RANGE_TOL = 1e-3
 _ALIGN = 8
-
-
-class StatsStorageWarning(UserWarning):
-    """Shared memory was unusable and the table fell back to a file-backed mapping."""
 
 
 def bytes_per_sample(num_modalities: int, dtype: torch.dtype = torch.float16) -> int:
@@ -101,21 +100,10 @@ class _Pending:
 
     ids: torch.Tensor
     values: torch.Tensor
-    columns: tuple[bool, bool, bool]
-    has_misaligned: torch.Tensor | None
+    columns: tuple[bool, bool, bool, bool]
     valid: torch.Tensor | None
     step: int | None
     event: Any
-
-
-def _unlink_quietly(path: str, owner_pid: int) -> None:
-    # A forked worker inherits the finalizer; only the creating process deletes the file.
-    if os.getpid() != owner_pid:
-        return
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 class StatsTable:
@@ -156,81 +144,30 @@ class StatsTable:
             raise ValueError(f"modalities: expected distinct names (or a positive count), got {modalities!r}")
         if dtype not in STATS_DTYPES:
             raise ValueError(f"dtype: expected one of {STATS_DTYPES}, got {dtype}")
-        if storage not in _STORAGES:
-            raise ValueError(f"storage: expected one of {_STORAGES}, got {storage!r}")
+        if storage not in STORAGES:
+            raise ValueError(f"storage: expected one of {STORAGES}, got {storage!r}")
         self._modalities = names
         self._layout = _Layout(int(num_samples), len(names) + 2, dtype)
-        self._path: str | None = None
         self._pending: _Pending | None = None
-        self._buffer = self._allocate(storage, directory)
+        self._shared = SharedBuffer(self._layout.total_bytes, storage, directory, owner="StatsTable")
         self._bind_views()
         self.reset()
 
-    # -- allocation and sharing ------------------------------------------------------------
-    def _allocate(self, storage: str, directory: str | os.PathLike[str] | None) -> torch.Tensor:
-        nbytes = self._layout.total_bytes
-        if storage in ("auto", "shm"):
-            try:
-                return torch.empty(nbytes, dtype=torch.uint8).share_memory_()
-            except (RuntimeError, OSError) as err:
-                if storage == "shm":
-                    raise RuntimeError(
-                        f"StatsTable: could not allocate {nbytes} bytes of shared memory ({err}). Make /dev/shm "
-                        "writable and large enough (docker: --shm-size or --ipc=host), or pass storage='file' "
-                        "(optionally directory=...) for a file-backed table"
-                    ) from err
-                failure = err
-        base = os.fspath(directory) if directory is not None else tempfile.gettempdir()
-        path = os.path.join(base, f"midas_stats_{os.getpid()}_{uuid.uuid4().hex}.bin")
-        try:
-            buffer = torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
-        except (RuntimeError, OSError) as err:
-            raise RuntimeError(
-                f"StatsTable: could not create a file-backed table of {nbytes} bytes at {path} ({err}); pass "
-                "directory= a writable local directory with enough space"
-            ) from err
-        if storage == "auto":
-            warnings.warn(
-                f"StatsTable: shared memory is unusable ({failure}); using a file-backed table at {path}. "
-                "Workers still share it, through the page cache. To use shared memory, make /dev/shm writable "
-                "and large enough (docker: --shm-size or --ipc=host); pass storage='file' to silence this.",
-                StatsStorageWarning,
-                stacklevel=3,
-            )
-        self._path = path
-        weakref.finalize(self, _unlink_quietly, path, os.getpid())
-        return buffer
-
     def _bind_views(self) -> None:
-        lay, buf = self._layout, self._buffer
+        lay, buf = self._layout, self._shared.tensor
         self._values = buf[: lay.values_bytes].view(lay.dtype).view(lay.num_columns, lay.num_samples)
         self._last_step = buf[lay.step_offset : lay.step_offset + 4 * lay.num_samples].view(torch.int32)
         self._counter = buf[lay.counter_offset : lay.counter_offset + 8].view(torch.int64)
 
     def __getstate__(self) -> dict[str, Any]:
         self.flush()
-        state = {"modalities": self._modalities, "layout": self._layout, "path": self._path}
-        if self._path is None:
-            # Pickled by a DataLoader (multiprocessing's pickler), the buffer travels as a
-            # handle to the same shared memory; pickled elsewhere, as a copy.
-            state["buffer"] = self._buffer
-        return state
+        return {"modalities": self._modalities, "layout": self._layout, "shared": self._shared}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._modalities = state["modalities"]
         self._layout = state["layout"]
-        self._path = state["path"]
+        self._shared = state["shared"]
         self._pending = None
-        if self._path is None:
-            self._buffer = state["buffer"]
-        else:
-            if not os.path.exists(self._path):
-                raise RuntimeError(
-                    f"StatsTable: the file-backed table {self._path} no longer exists; its creating table was "
-                    "collected. Keep that StatsTable alive while workers run"
-                )
-            # Not the owner: the creating process deletes the file.
-            self._buffer = torch.from_file(self._path, shared=True, size=self._layout.total_bytes, dtype=torch.uint8)
         self._bind_views()
 
     # -- description -----------------------------------------------------------------------
@@ -256,12 +193,12 @@ class StatsTable:
     @property
     def storage(self) -> str:
         """``"shm"`` (shared memory) or ``"file"`` (file-backed mapping)."""
-        return "shm" if self._path is None else "file"
+        return self._shared.storage
 
     @property
     def path(self) -> str | None:
         """The backing file of a file-backed table, else ``None``."""
-        return self._path
+        return self._shared.path
 
     @property
     def bytes_per_sample(self) -> int:
@@ -380,36 +317,61 @@ class StatsTable:
         next :meth:`update`, :meth:`flush` or read, so the training step never waits for
         the device here. An error in it surfaces there, naming its step.
         """
-        self.flush()
         if per_sample is not None:
             if not isinstance(per_sample, Mapping):
                 raise TypeError(f"per_sample: expected a mapping of tensors, got {type(per_sample).__name__}")
             if any(v is not None for v in (confidence, similarity, misaligned_loss, has_misaligned)):
                 raise ValueError("pass either per_sample or the statistics by keyword, not both")
-            unknown = set(per_sample) - {"confidence", "similarity", "misaligned_loss", "has_misaligned"}
-            if unknown:
-                raise KeyError(
-                    f"per_sample: unknown keys {sorted(unknown)}; expected confidence, similarity, "
-                    "misaligned_loss, has_misaligned"
-                )
-            confidence = per_sample.get("confidence")
-            similarity = per_sample.get("similarity")
-            misaligned_loss = per_sample.get("misaligned_loss")
-            has_misaligned = per_sample.get("has_misaligned")
+        else:
+            per_sample = {
+                "confidence": confidence,
+                "similarity": similarity,
+                "misaligned_loss": misaligned_loss,
+                "has_misaligned": has_misaligned,
+            }
+        ids = as_id_tensor(ids)
+        values, columns = pack_statistics(per_sample, self.num_modalities, ids.shape[0])
+        self.update_packed(ids, values, columns, valid=valid, step=step)
+
+    def update_packed(
+        self,
+        ids: torch.Tensor,
+        values: torch.Tensor,
+        columns: tuple[bool, bool, bool, bool],
+        *,
+        valid: torch.Tensor | None = None,
+        step: int | None = None,
+    ) -> None:
+        """:meth:`update` with statistics already packed by :func:`pack_statistics`
+        (``values [B, M + 3]``, ``columns`` the flags it returned); ``sync_stats`` applies
+        the gathered rows of every rank this way."""
+        self.flush()
+        ids = as_id_tensor(ids)
         if step is not None:
             if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= _MAX_STEP:
                 raise ValueError(f"step: expected an int in [0, {_MAX_STEP}], got {step!r}")
-        ids, values, columns, flags = self._pack(ids, confidence, similarity, misaligned_loss, has_misaligned, valid)
-        tensors = (ids, values, *flags)
-        if not any(t is not None and t.device.type == "cuda" for t in tensors):
-            host = [None if t is None else t.cpu() for t in tensors]
-            self._apply(host[0], host[1], columns, host[2], host[3], step)
+        expected = (ids.shape[0], self.num_modalities + 3)
+        if not isinstance(values, torch.Tensor) or tuple(values.shape) != expected:
+            raise ValueError(
+                f"values: expected packed statistics of shape {list(expected)}, got "
+                f"{list(getattr(values, 'shape', []))}"
+            )
+        if valid is not None:
+            if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or tuple(valid.shape) != expected[:1]:
+                raise ValueError(
+                    f"valid: expected a bool tensor of shape [{expected[0]}], got "
+                    f"{getattr(valid, 'dtype', type(valid))} {list(getattr(valid, 'shape', []))}"
+                )
+            valid = valid.detach()
+        ids, values = ids.detach(), values.detach()
+        if not any(t is not None and t.device.type == "cuda" for t in (ids, values, valid)):
+            self._apply(ids.cpu(), values.cpu(), columns, None if valid is None else valid.cpu(), step)
             return
         # CUDA: one packed copy into pinned host memory, applied later; no sync now.
-        host = [None if t is None else t.to("cpu", non_blocking=True) for t in tensors]
+        host = [None if t is None else t.to("cpu", non_blocking=True) for t in (ids, values, valid)]
         event = torch.cuda.Event()
         event.record()
-        self._pending = _Pending(host[0], host[1], columns, host[2], host[3], step, event)
+        self._pending = _Pending(host[0], host[1], columns, host[2], step, event)  # type: ignore[arg-type]
 
     def flush(self) -> None:
         """Apply an update still in flight from the device (waits for its copy)."""
@@ -419,62 +381,9 @@ class StatsTable:
         if pending.event is not None:
             pending.event.synchronize()
         try:
-            self._apply(
-                pending.ids, pending.values, pending.columns, pending.has_misaligned, pending.valid, pending.step
-            )
+            self._apply(pending.ids, pending.values, pending.columns, pending.valid, pending.step)
         except ValueError as err:
             raise ValueError(f"{err} (from a deferred device update; its step: {pending.step})") from None
-
-    def _pack(
-        self,
-        ids: torch.Tensor,
-        confidence: torch.Tensor | None,
-        similarity: torch.Tensor | None,
-        misaligned_loss: torch.Tensor | None,
-        has_misaligned: torch.Tensor | None,
-        valid: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[bool, bool, bool], tuple[torch.Tensor | None, torch.Tensor | None]]:
-        """Shape and dtype checks (host-known, no sync) and packing into ``[B, M + 2]`` float32."""
-        if not isinstance(ids, torch.Tensor):
-            ids = torch.as_tensor(ids)
-        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-            raise TypeError(
-                f"ids: expected an integer tensor (int64), got {ids.dtype}; float ids lose precision above 2**24"
-            )
-        if ids.dim() != 1:
-            raise ValueError(f"ids: expected shape [B], got {tuple(ids.shape)}")
-        rows, m = ids.shape[0], self.num_modalities
-        if confidence is None and similarity is None and misaligned_loss is None:
-            raise ValueError("update: no statistics given (confidence, similarity or misaligned_loss)")
-        device = ids.device
-        parts = []
-        for name, value, shape in (
-            ("confidence", confidence, (rows, m)),
-            ("similarity", similarity, (rows,)),
-            ("misaligned_loss", misaligned_loss, (rows,)),
-        ):
-            if value is None:
-                parts.append(torch.full(shape if len(shape) == 2 else (rows, 1), math.nan, device=device))
-                continue
-            if not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point:
-                raise TypeError(f"{name}: expected a floating-point tensor, got {getattr(value, 'dtype', type(value))}")
-            if tuple(value.shape) != shape:
-                raise ValueError(f"{name}: expected shape {list(shape)} (one row per id), got {list(value.shape)}")
-            device = value.device
-            parts.append(value.detach().float().reshape(rows, -1))
-        values = torch.cat([p.to(device) for p in parts], dim=1)
-        flags: list[torch.Tensor | None] = []
-        for name, flag in (("has_misaligned", has_misaligned), ("valid", valid)):
-            if flag is not None:
-                if not isinstance(flag, torch.Tensor) or flag.dtype != torch.bool or tuple(flag.shape) != (rows,):
-                    raise ValueError(
-                        f"{name}: expected a bool tensor of shape [{rows}], got "
-                        f"{getattr(flag, 'dtype', type(flag))} {list(getattr(flag, 'shape', []))}"
-                    )
-                flag = flag.detach()
-            flags.append(flag)
-        columns = (confidence is not None, similarity is not None, misaligned_loss is not None)
-        return ids.detach().long(), values, columns, (flags[0], flags[1])
 
     def _check_ids(
         self, ids: torch.Tensor, rows: torch.Tensor | None, consequence: str = "; the table is unchanged"
@@ -495,12 +404,12 @@ class StatsTable:
         self,
         ids: torch.Tensor,
         values: torch.Tensor,
-        columns: tuple[bool, bool, bool],
-        has_misaligned: torch.Tensor | None,
+        columns: tuple[bool, bool, bool, bool],
         valid: torch.Tensor | None,
         step: int | None,
     ) -> None:
         m = self.num_modalities
+        has_misaligned = values[:, m + 2] > 0.5 if columns[3] else None
         rows = torch.arange(ids.shape[0])
         if valid is not None:
             ids, values, rows = ids[valid], values[valid], rows[valid]

@@ -2,10 +2,10 @@
 
 The audio is strong and the image weak by construction, so the imbalance that
 MIDAS targets shows up without downloading anything.  See
-:mod:`midas_data.demo.dataset` for the calibration.
+:mod:`midas_data.experiments.demo.dataset` for the calibration.
 """
 
-from midas_data.demo.dataset import (
+from .dataset import (
     DEFAULT_AUDIO_SNR_DB,
     DEFAULT_IMAGE_NOISE,
     DigitsSpeechDataset,

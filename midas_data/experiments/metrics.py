@@ -36,7 +36,8 @@ def _sklearn_metrics() -> Any:
         from sklearn import metrics
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "midas_data.metrics needs scikit-learn for accuracy and macro-F1: pip install 'midas-data[metrics]'"
+            "midas_data.experiments.metrics needs scikit-learn for accuracy and macro-F1: "
+            "pip install 'midas-data[metrics]'"
         ) from err
     return metrics
 

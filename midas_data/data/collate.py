@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
+from ..errors import MidasDataError
+from ..functional import PARTNER_RULES, plan_pairs
 from .batch import MidasBatch
-from .errors import MidasDataError
-from .functional import PARTNER_RULES, plan_pairs
 from .packing import pack_tensors, stackable
 
 __all__ = ["MidasCollate", "ModalityKeys", "plan_seed", "MODES"]
@@ -69,7 +69,7 @@ def _as_label(value: Any, sample_id: int, key: Key) -> int:
 
 
 class MidasCollate:
-    """Collate ``(sample_id, item)`` pairs from :class:`~midas_data.dataset.MidasDataset`.
+    """Collate ``(sample_id, item)`` pairs from :class:`~midas_data.data.dataset.MidasDataset`.
 
     Args:
         modalities: the modality keys of an item, in plan-column order. For dict items a

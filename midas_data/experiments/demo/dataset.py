@@ -76,7 +76,7 @@ def _missing_file_error(path: Path) -> FileNotFoundError:
     return FileNotFoundError(
         f"spoken-digit clips not found at {path}. Regenerate them from a source checkout with "
         "`python scripts/make_demo_data.py` (needs espeak-ng), or reinstall the package so that "
-        "midas_data/demo/data/spoken_digits.npz is included."
+        "midas_data/experiments/demo/data/spoken_digits.npz is included."
     )
 
 

@@ -4,7 +4,7 @@ Inputs are plain data, so that anything that trains can report:
 
 * ``history`` — one dict per epoch: ``{"epoch": e, "train_loss": ..., "val": {"accuracy",
   "macro_f1", "per_modality_accuracy": {m: ...}, "misaligned_accuracy",
-  "modality_confidence": {m: ...}}}`` (what :func:`midas_data.training.fit` records);
+  "modality_confidence": {m: ...}}}`` (what :func:`midas_data.experiments.fit` records);
 * ``alpha_steps`` — MIDAS's weak-modality weights after every training step, ``[[a_1..a_M], ...]``;
 * ``test`` — the test metrics of the selected checkpoint, same keys as ``val``.
 
@@ -40,7 +40,7 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("midas_data.report needs matplotlib: pip install 'midas-data[report]'") from err
+        raise ImportError("midas_data.experiments.report needs matplotlib: pip install 'midas-data[report]'") from err
     return plt
 
 

@@ -1,7 +1,7 @@
 """Per-sample statistics across ranks: every rank's table gets every rank's updates.
 
 Under DDP each rank sees only its own batches, but the sampler's plan must be identical
-on every rank, so every rank's :class:`~midas_data.stats.StatsTable` must receive the
+on every rank, so every rank's :class:`~midas_data.feedback.stats.StatsTable` must receive the
 same updates in the same order. :func:`sync_stats` all-gathers one step's statistics and
 applies them, in rank order, on every rank.
 
@@ -16,9 +16,9 @@ from collections.abc import Mapping
 
 import torch
 
-from .stats import StatsTable
+from .stats import StatsTable, as_id_tensor, pack_statistics
 
-__all__ = ["is_distributed", "all_gather_rows", "pack_per_sample", "sync_stats"]
+__all__ = ["is_distributed", "all_gather_rows", "sync_stats"]
 
 
 def is_distributed(group: object | None = None) -> bool:
@@ -94,36 +94,6 @@ def all_gather_rows(
     return gathered_ids, torch.cat(all_values), gathered_ids >= 0
 
 
-def pack_per_sample(per_sample: Mapping[str, torch.Tensor], num_modalities: int) -> torch.Tensor:
-    """``[B, M + 3]`` float32: confidences, similarity, misaligned loss, has_misaligned (0/1).
-
-    A missing column is ``NaN`` (every rank must pass the same keys; the objective always
-    does). Ids are not packed: they travel as int64 on their own.
-    """
-    confidence = per_sample.get("confidence")
-    ref = next((v for v in per_sample.values() if isinstance(v, torch.Tensor)), None)
-    if ref is None:
-        raise ValueError("per_sample: no statistics given")
-    rows, device = ref.shape[0], ref.device
-    if confidence is None:
-        confidence = torch.full((rows, num_modalities), float("nan"), device=device)
-    if confidence.dim() != 2 or confidence.shape[1] != num_modalities:
-        raise ValueError(
-            f"per_sample['confidence']: expected shape [B, {num_modalities}], got {list(confidence.shape)}"
-        )
-    columns = [confidence.detach().float()]
-    for key in ("similarity", "misaligned_loss"):
-        value = per_sample.get(key)
-        columns.append(
-            torch.full((rows, 1), float("nan"), device=device)
-            if value is None
-            else value.detach().float().reshape(rows, 1)
-        )
-    has = per_sample.get("has_misaligned")
-    columns.append(torch.ones(rows, 1, device=device) if has is None else has.detach().float().reshape(rows, 1))
-    return torch.cat([c.to(device) for c in columns], dim=1)
-
-
 def sync_stats(
     table: StatsTable,
     ids: torch.Tensor,
@@ -142,16 +112,7 @@ def sync_stats(
     an id outside the table) is rejected on every rank alike. Without a process group this
     is ``table.update`` on the local rows.
     """
-    packed = pack_per_sample(per_sample, table.num_modalities)
-    keys = set(per_sample)
+    ids = as_id_tensor(ids)
+    packed, columns = pack_statistics(per_sample, table.num_modalities, ids.shape[0])
     gathered_ids, gathered, valid = all_gather_rows(ids, packed, group=group, capacity=capacity)
-    m = table.num_modalities
-    table.update(
-        gathered_ids,
-        confidence=gathered[:, :m] if "confidence" in keys else None,
-        similarity=gathered[:, m] if "similarity" in keys else None,
-        misaligned_loss=gathered[:, m + 1] if "misaligned_loss" in keys else None,
-        has_misaligned=gathered[:, m + 2] > 0.5 if "has_misaligned" in keys else None,
-        valid=valid,
-        step=step,
-    )
+    table.update_packed(gathered_ids, gathered, columns, valid=valid, step=step)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from ..functional import plan_anchors
 from .buffers import host_buffers
-from .functional import plan_anchors
 
 __all__ = ["MidasBatch", "take_rows", "move_to"]
 

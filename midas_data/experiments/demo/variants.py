@@ -1,7 +1,7 @@
 """Variants of the demo data with other kinds of modality imbalance, made from the same
 shipped content (scikit-learn's 8x8 digits and the spoken-digit clips).
 
-``demo`` (the base, :func:`~midas_data.demo.dataset.load_demo_splits`)
+``demo`` (the base, :func:`~midas_data.experiments.demo.dataset.load_demo_splits`)
     *Global* imbalance: the speech names most digits, the noisy image is weak for every
     class.
 
@@ -112,7 +112,7 @@ DESCRIPTIONS: dict[str, str] = {
 
 def load_variant_splits(name: str, seed: int = 0, **kwargs: Any) -> dict[str, Dataset]:
     """The train/val/test splits of a variant (see the module docstring); keywords go to
-    :func:`~midas_data.demo.dataset.load_demo_splits`."""
+    :func:`~midas_data.experiments.demo.dataset.load_demo_splits`."""
     if name not in VARIANTS:
         raise KeyError(f"name: unknown demo variant {name!r}; expected one of {sorted(VARIANTS)}")
     return VARIANTS[name](seed, **kwargs)

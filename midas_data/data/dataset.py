@@ -2,7 +2,7 @@
 
 The wrapper reads each sample from the base dataset exactly once and hands it on as
 ``(sample_id, item)``. Everything MIDAS-specific happens after, in the collate step
-(:class:`~midas_data.collate.MidasCollate`), inside the DataLoader worker.
+(:class:`~midas_data.data.collate.MidasCollate`), inside the DataLoader worker.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from .errors import MidasDataError
+from ..errors import MidasDataError
 
 __all__ = ["MidasDataset", "IndexedItem"]
 

@@ -1,0 +1,68 @@
+"""A training method: the loss of one step plus hooks; joint training, the plainest one.
+
+* ``joint`` — fusion cross-entropy only. Its unimodal heads are trained as *probes* on
+  detached features, so per-modality accuracy measures what each encoder learned without
+  changing the training of the encoders.
+* ``joint_heads`` — fusion cross-entropy plus every unimodal head's cross-entropy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.batch import MidasBatch
+from ..loader import midas_loader
+from ..models import LateFusionClassifier, MultimodalOutput
+from .config import TrainConfig
+
+__all__ = ["Method", "JointTraining", "probe_loss", "heads_loss"]
+
+
+def probe_loss(model: LateFusionClassifier, output: MultimodalOutput, labels: torch.Tensor) -> torch.Tensor:
+    """Unimodal heads on *detached* features: they measure the encoders without training them."""
+    return sum(F.cross_entropy(model.unimodal_heads[m](output.features[m].detach()), labels) for m in model.modalities)
+
+
+def heads_loss(output: MultimodalOutput, labels: torch.Tensor) -> torch.Tensor:
+    return sum(F.cross_entropy(logits, labels) for logits in output.unimodal_logits.values())
+
+
+class Method:
+    """One training method. Subclasses define :meth:`loss`; the hooks default to no-ops."""
+
+    name = "method"
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def train_loader(self, dataset: Dataset, modalities: Sequence[str], config: TrainConfig) -> DataLoader:
+        """The batches of every method: MIDAS batches with the same order for all."""
+        return midas_loader(dataset, tuple(modalities), "label", batch_size=config.batch_size, seed=config.seed)
+
+    def loss(self, model: LateFusionClassifier, batch: MidasBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        raise NotImplementedError
+
+    def after_backward(self, model: LateFusionClassifier) -> None:
+        """Called between ``backward()`` and ``optimizer.step()``."""
+
+    def after_step(self, batch: MidasBatch, info: Mapping[str, Any]) -> None:
+        """Called after ``optimizer.step()`` with the diagnostics of :meth:`loss`."""
+
+
+class JointTraining(Method):
+    """Fusion cross-entropy; ``heads=True`` adds the unimodal heads' cross-entropy."""
+
+    def __init__(self, heads: bool = False) -> None:
+        self.heads = heads
+        self.name = "joint_heads" if heads else "joint"
+
+    def loss(self, model: LateFusionClassifier, batch: MidasBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        output = model(batch.inputs)
+        loss = F.cross_entropy(output.fusion_logits, batch.labels)
+        extra = heads_loss(output, batch.labels) if self.heads else probe_loss(model, output, batch.labels)
+        return loss + extra, {}

@@ -1,0 +1,89 @@
+"""MIDAS as a training method, with uniform or prioritised (fed-back) batches."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.batch import MidasBatch
+from ..feedback.stats import StatsTable
+from ..loader import midas_loader
+from ..models import LateFusionClassifier
+from ..objective import MidasObjective
+from .config import TrainConfig
+from .method import Method
+
+__all__ = ["MidasMethod", "PrioritisedMidasMethod"]
+
+
+class MidasMethod(Method):
+    """MIDAS, feature-level: :class:`MidasObjective` on :func:`midas_loader` batches.
+
+    ``objective_kwargs`` go to :class:`MidasObjective` (``warmup_epochs``, ``lam``,
+    ``eta``, ``alpha_max``, ``weak_modality_weighting``, ``hard_sample_weighting``...).
+    """
+
+    def __init__(
+        self, num_classes: int, modalities: Sequence[str], name: str = "midas", **objective_kwargs: Any
+    ) -> None:
+        self.name = name
+        self.objective = MidasObjective(num_classes, tuple(modalities), **objective_kwargs)
+        self.alpha_steps: list[list[float]] = []
+
+    def start_epoch(self, epoch: int) -> None:
+        super().start_epoch(epoch)
+        self.objective.set_epoch(epoch)
+
+    def loss(self, model: LateFusionClassifier, batch: MidasBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        output = model(batch.inputs)
+        return self.objective(output, batch, fuse=model.fuse)
+
+    def after_step(self, batch: MidasBatch, info: Mapping[str, Any]) -> None:
+        self.alpha_steps.append([float(a) for a in info["alpha"]])
+
+
+class PrioritisedMidasMethod(MidasMethod):
+    """MIDAS whose batches come from a prioritised sampler policy (``"hard"`` or
+    ``"weak_modality"``) that reads a :class:`~midas_data.feedback.stats.StatsTable` fed by the
+    objective's per-sample diagnostics after every step.
+
+    The sampler's importance weights go to the objective (``sample_weights``), so the
+    expected loss stays that of uniform sampling while the hard or weak-modality samples
+    are seen more often.
+    """
+
+    def __init__(
+        self, num_classes: int, modalities: Sequence[str], policy: str, name: str, **objective_kwargs: Any
+    ) -> None:
+        super().__init__(num_classes, modalities, name=name, **objective_kwargs)
+        self.policy = policy
+        self.stats: Any = None
+        self.sampler: Any = None
+
+    def train_loader(self, dataset: Dataset, modalities: Sequence[str], config: TrainConfig) -> DataLoader:
+        self.stats = StatsTable(len(dataset), tuple(modalities), dtype=torch.float32)
+        loader = midas_loader(
+            dataset,
+            tuple(modalities),
+            "label",
+            batch_size=config.batch_size,
+            seed=config.seed,
+            policy=self.policy,
+            stats=self.stats,
+        )
+        self.sampler = loader.batch_sampler
+        return loader
+
+    def loss(self, model: LateFusionClassifier, batch: MidasBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        if self.sampler is None:
+            raise RuntimeError(f"{self.name}: call train_loader() first; the loss needs its sampler's weights")
+        output = model(batch.inputs)
+        weights = self.sampler.importance_weights(batch.ids)
+        return self.objective(output, batch, fuse=model.fuse, sample_weights=weights)
+
+    def after_step(self, batch: MidasBatch, info: Mapping[str, Any]) -> None:
+        super().after_step(batch, info)
+        self.stats.update(batch.ids, info["per_sample"])

@@ -1,0 +1,50 @@
+"""Training methods by name, each built fresh from its hyper-parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .method import JointTraining, Method
+from .midas_method import MidasMethod, PrioritisedMidasMethod
+from .mixup import FeatureMixup
+from .ogm_ge import OGMGE
+
+__all__ = ["METHODS", "make_method", "MethodFactory"]
+
+
+MethodFactory = Callable[[int, Sequence[str], Mapping[str, Any]], Method]
+
+
+def _midas(name: str, **fixed: Any) -> MethodFactory:
+    def factory(num_classes: int, modalities: Sequence[str], options: Mapping[str, Any]) -> Method:
+        kwargs = {"warmup_epochs": options.get("warmup_epochs", 2), "lam": options.get("lam", 1.0), **fixed}
+        policy = kwargs.pop("policy", None)
+        if policy is not None:
+            return PrioritisedMidasMethod(num_classes, modalities, policy, name, **kwargs)
+        return MidasMethod(num_classes, modalities, name=name, **kwargs)
+
+    return factory
+
+
+METHODS: dict[str, MethodFactory] = {
+    "joint": lambda c, m, o: JointTraining(heads=False),
+    "joint_heads": lambda c, m, o: JointTraining(heads=True),
+    "mixup": lambda c, m, o: FeatureMixup(o.get("mixup_concentration", 1.0)),
+    "ogm_ge": lambda c, m, o: OGMGE(o.get("ogm_alpha", 0.5)),
+    "midas": _midas("midas"),
+    "midas_no_warmup": _midas("midas_no_warmup", warmup_epochs=0),
+    "midas_no_weak": _midas("midas_no_weak", weak_modality_weighting=False),
+    "midas_no_hard": _midas("midas_no_hard", hard_sample_weighting=False),
+    "midas_sampler_hard": _midas("midas_sampler_hard", policy="hard"),
+    "midas_sampler_weak": _midas("midas_sampler_weak", policy="weak_modality"),
+}
+
+
+def make_method(
+    name: str, num_classes: int, modalities: Sequence[str], options: Mapping[str, Any] | None = None
+) -> Method:
+    """A fresh method by name (see :data:`METHODS`); ``options`` are its hyper-parameters."""
+    if name not in METHODS:
+        raise KeyError(f"method: unknown {name!r}; expected one of {sorted(METHODS)}")
+    return METHODS[name](num_classes, modalities, dict(options or {}))

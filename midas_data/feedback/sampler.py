@@ -1,0 +1,327 @@
+"""``MidasBatchSampler``: the epoch plan of index batches for the MIDAS loader.
+
+One global plan per epoch (``planning.py``: deterministic from ``(seed, epoch, stats
+snapshot)`` and so identical on every rank), cut into batches and, for the rank-aware
+variant, split by rank. The epoch lives in a shared ``int64`` tensor that the collate
+step reads inside the workers, so that ``set_epoch`` in the main process reaches the pair
+planning there too.
+
+Policies (``docs/feedback.md`` has the estimators):
+
+* ``uniform`` — the paper's behaviour and the default: a random permutation.
+* ``hard`` (experimental) — each sample is drawn in proportion to the hard-sample weight
+  ``w = 1 + (s + 1) / 2`` of its last misaligned copies (``s`` from the stats table).
+* ``weak_modality`` (experimental) — in proportion to ``1 - c^m^``, the weak modality's
+  unimodal confidence on the sample's own label.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Sampler
+
+from ..functional import pair_importance_weights
+from .planning import POLICIES, EpochPlan, batch_bounds, choose_weak_modality, plan_from_snapshot
+from .stats import StatsTable
+
+__all__ = [
+    "MidasBatchSampler",
+    "DistributedMidasBatchSampler",
+    "EpochPlan",
+    "POLICIES",
+    "shared_epoch",
+    "pair_importance_weights",
+]
+
+_FORMAT = "midas_data.MidasBatchSampler/1"
+
+
+def shared_epoch(epoch: int = 0) -> torch.Tensor:
+    """A 0-dim ``int64`` tensor in shared memory, to be created before workers start."""
+    return torch.full((), epoch, dtype=torch.int64).share_memory_()
+
+
+@dataclass
+class _Resume:
+    epoch: int
+    yielded: int
+    snapshot: torch.Tensor | None
+    weak_modality: int
+    snapshot_updates: int
+
+
+class MidasBatchSampler(Sampler[list[int]]):
+    """Yields lists of sample indices, one list a batch.
+
+    Args:
+        num_samples: size of the dataset.
+        batch_size: samples per batch (per rank), at least 2 (a misaligned row needs a
+            partner).
+        shuffle: a new random order every epoch; ``False`` keeps dataset order (uniform
+            policy only).
+        seed: base seed of the order.
+        drop_last: drop a final incomplete batch. When kept, a final batch of one sample
+            (which could not be misaligned) is folded into the batch before it, so every
+            sample still appears exactly once per epoch (see :func:`batch_bounds`).
+        epoch: the shared epoch tensor (see :func:`shared_epoch`); one is made if omitted.
+        policy: ``"uniform"`` (default, the paper), ``"hard"`` or ``"weak_modality"``
+            (experimental, need ``stats``).
+        stats: the :class:`~midas_data.feedback.stats.StatsTable` the prioritised policies read.
+        floor: share of every prioritised epoch drawn uniformly, in ``(0, 1]``: each sample
+            is expected at least ``floor`` times per epoch and importance weights stay at or
+            below ``1 / floor``. ``1`` gives the uniform plan.
+        weak_modality: for ``"weak_modality"``: the modality (name or index) to favour;
+            ``None`` picks the weak one from the table at every epoch.
+        num_replicas, rank: split every global plan into ``num_replicas`` disjoint shares
+            and yield share ``rank`` (plain DDP loops). Leave at ``1, 0`` (the global
+            sampler) when the framework shards batches itself (Accelerate).
+
+    The plan is made when an epoch's iterator is created, from a snapshot of the stats
+    table at that moment: updates made during an epoch shape the next epoch's plan.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        epoch: torch.Tensor | None = None,
+        policy: str = "uniform",
+        stats: StatsTable | None = None,
+        floor: float = 0.2,
+        weak_modality: str | int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
+            raise TypeError(
+                f"num_samples: expected the dataset size as an int, got {type(num_samples).__name__}. "
+                "(PyTorch Lightning passes a sampler here when it tries to inject a DistributedSampler into a "
+                "custom batch sampler: use Trainer(use_distributed_sampler=False) with "
+                "DistributedMidasBatchSampler, see docs/feedback.md)"
+            )
+        if num_samples <= 0:
+            raise ValueError(f"num_samples: expected a positive dataset size, got {num_samples}")
+        if batch_size < 2:
+            raise ValueError(
+                f"batch_size: expected at least 2, got {batch_size}; a misaligned sample takes a modality "
+                "from another sample of the same batch"
+            )
+        if policy not in POLICIES:
+            raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
+        if policy != "uniform":
+            if stats is None:
+                raise ValueError(f"policy={policy!r} reads per-sample statistics: pass stats=StatsTable(...)")
+            if not shuffle:
+                raise ValueError(f"policy={policy!r} draws samples at random; it needs shuffle=True")
+        if stats is not None:
+            if not isinstance(stats, StatsTable):
+                raise TypeError(f"stats: expected a StatsTable, got {type(stats).__name__}")
+            if stats.num_samples != num_samples:
+                raise ValueError(f"stats: the table has {stats.num_samples} rows but the dataset {num_samples} samples")
+        if not (isinstance(floor, (int, float)) and 0.0 < float(floor) <= 1.0):
+            raise ValueError(f"floor: expected a share in (0, 1], got {floor!r}")
+        if not (isinstance(num_replicas, int) and num_replicas >= 1):
+            raise ValueError(f"num_replicas: expected a positive int, got {num_replicas!r}")
+        if not (isinstance(rank, int) and 0 <= rank < num_replicas):
+            raise ValueError(f"rank: expected an int in [0, {num_replicas}), got {rank!r}")
+        self.num_samples = int(num_samples)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.epoch_tensor = epoch if epoch is not None else shared_epoch()
+        self.policy = policy
+        self.stats = stats
+        self.floor = float(floor)
+        self.weak_modality = weak_modality
+        if weak_modality is not None and stats is not None:
+            stats.modality_index(weak_modality)  # fail early on an unknown name
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.current_plan: EpochPlan | None = None
+        self._yielded = 0
+        self._resume: _Resume | None = None
+        self._bounds_cache = batch_bounds(self.num_samples, self.batch_size, num_replicas, rank, drop_last)
+
+    # -- epoch -----------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return int(self.epoch_tensor)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch_tensor.fill_(int(epoch))
+
+    # -- planning --------------------------------------------------------------------------
+    def plan_epoch(self, epoch: int | None = None) -> EpochPlan:
+        """The plan of ``epoch`` (default: the current one) from the table as it is now."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        snapshot, weak, updates = None, -1, -1
+        if self.stats is not None:
+            self.stats.flush()
+            updates = self.stats.num_updates
+        if self.policy == "hard" and self.stats is not None:
+            snapshot = self.stats.similarity.clone()
+        elif self.policy == "weak_modality" and self.stats is not None:
+            if self.weak_modality is not None:
+                weak = self.stats.modality_index(self.weak_modality)
+            else:
+                weak = -1 if (chosen := choose_weak_modality(self.stats.confidence)) is None else chosen
+            if weak >= 0:
+                snapshot = self.stats.confidence[weak].clone()
+        return plan_from_snapshot(
+            self.num_samples, epoch, self.seed, self.policy, snapshot, self.floor, weak, self.shuffle, updates
+        )
+
+    def epoch_order(self) -> torch.Tensor:
+        """The ``int64`` global order of the current epoch (sample id per slot)."""
+        return self.plan_epoch().order.long()
+
+    def importance_weights(self, ids: torch.Tensor) -> torch.Tensor:
+        """``1 / (N p_i)`` of the epoch being iterated for each id, float32 on ``ids.device``.
+
+        Multiply each aligned sample's loss by it (and each misaligned row's by
+        :func:`pair_importance_weights`) to keep the expected loss of a prioritised epoch
+        equal to that of a uniform one. All ones under ``uniform``.
+        """
+        if self.current_plan is None:
+            if self.policy == "uniform":
+                return torch.ones(ids.shape, dtype=torch.float32, device=ids.device)
+            raise RuntimeError("importance_weights: no epoch planned yet; iterate the loader first")
+        return self.current_plan.importance_weights(ids)
+
+    # -- iteration -------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, resume, self._resume = self.epoch, self._resume, None
+        start = 0
+        if resume is not None and resume.epoch == epoch:
+            plan = plan_from_snapshot(
+                self.num_samples,
+                epoch,
+                self.seed,
+                self.policy,
+                resume.snapshot,
+                self.floor,
+                resume.weak_modality,
+                self.shuffle,
+                resume.snapshot_updates,
+            )
+            start = resume.yielded
+        else:
+            plan = self.plan_epoch(epoch)
+        self.current_plan = plan
+        self._yielded = start
+        return self._batches(plan.order, start)
+
+    def _batches(self, order: torch.Tensor, start: int) -> Iterator[list[int]]:
+        for begin, end in self._bounds_cache[start:]:
+            # Count before yielding: StatefulDataLoader snapshots right after each dispatch.
+            self._yielded += 1
+            yield order[begin:end].tolist()
+
+    def _bounds(self) -> list[tuple[int, int]]:
+        return list(self._bounds_cache)
+
+    def __len__(self) -> int:
+        return len(self._bounds_cache)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Position in the epoch plus what the plan was drawn from, in ``O(1)``.
+
+        torchdata's ``StatefulDataLoader`` calls this after every dispatched batch; the
+        snapshot tensor is shared by reference, never copied, as it never changes.
+        """
+        plan = self.current_plan
+        return {
+            "format": _FORMAT,
+            "epoch": self.epoch if plan is None else plan.epoch,
+            "yielded": self._yielded if plan is not None else 0,
+            "planned": plan is not None,
+            "snapshot": None if plan is None else plan.snapshot,
+            "weak_modality": -1 if plan is None else plan.weak_modality,
+            "snapshot_updates": -1 if plan is None else plan.snapshot_updates,
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "num_replicas": self.num_replicas,
+            "drop_last": self.drop_last,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+            "policy": self.policy,
+            "floor": self.floor,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume where :meth:`state_dict` was taken: the next iterator yields exactly the
+        batches an uninterrupted run would have yielded after it.
+
+        The epoch is restored too (the pair plans of the collate step depend on it), unless
+        the saved epoch had been completed: then nothing is pending and the next epoch is
+        whatever :meth:`set_epoch` says. A later ``set_epoch`` to another epoch discards the
+        pending position.
+        """
+        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
+            got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"state['format']: expected {_FORMAT!r} (a MidasBatchSampler.state_dict()), got {got!r}")
+        for key in ("num_samples", "batch_size", "num_replicas", "drop_last", "shuffle", "seed", "policy", "floor"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(
+                    f"state[{key!r}]: the checkpoint has {state.get(key)!r}, this sampler {getattr(self, key)!r}; "
+                    "exact resume needs the same dataset, batch size, world size, seed and policy"
+                )
+        epoch, yielded = state.get("epoch"), state.get("yielded")
+        if not isinstance(epoch, int) or not isinstance(yielded, int) or yielded < 0:
+            raise ValueError(f"state['epoch'], state['yielded']: expected ints, got {epoch!r}, {yielded!r}")
+        snapshot = state.get("snapshot")
+        if snapshot is not None and (
+            not isinstance(snapshot, torch.Tensor)
+            or tuple(snapshot.shape) != (self.num_samples,)
+            or not snapshot.dtype.is_floating_point
+        ):
+            raise ValueError(f"state['snapshot']: expected None or a float tensor of shape [{self.num_samples}]")
+        self._resume = None
+        if not state.get("planned") or yielded >= len(self):
+            return
+        self._resume = _Resume(
+            epoch, yielded, snapshot, int(state.get("weak_modality", -1)), int(state.get("snapshot_updates", -1))
+        )
+        self.set_epoch(epoch)
+
+
+class DistributedMidasBatchSampler(MidasBatchSampler):
+    """The rank-aware sampler for plain DDP loops (``torchrun`` + your own loop).
+
+    The same global plan on every rank, each rank yielding its disjoint share, with the
+    same number of batches on every rank. ``num_replicas`` and ``rank`` default to
+    ``torch.distributed``'s world size and rank. Do not give it to Lightning or Accelerate,
+    which would shard it again (docs/feedback.md says which sampler goes where).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if num_replicas is None or rank is None:
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()):
+                raise RuntimeError(
+                    "DistributedMidasBatchSampler: torch.distributed is not initialised; call "
+                    "init_process_group first or pass num_replicas= and rank="
+                )
+            num_replicas = dist.get_world_size() if num_replicas is None else num_replicas
+            rank = dist.get_rank() if rank is None else rank
+        super().__init__(num_samples, batch_size, num_replicas=num_replicas, rank=rank, **kwargs)
