@@ -7,6 +7,7 @@ Kept out of the test module so that spawned processes import only this file.
 from __future__ import annotations
 
 import datetime
+import gc
 import hashlib
 import os
 import socket
@@ -66,6 +67,13 @@ def init_gloo(rank: int, world: int, port: int) -> None:
         LOCAL_WORLD_SIZE=str(world),
     )
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+
+
+def shutdown() -> None:
+    """Tear the group down while every rank is still here, after what holds it is gone."""
+    gc.collect()  # DDP models keep their own reference to the group
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def digest(table: StatsTable) -> str:

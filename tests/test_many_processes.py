@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from many_processes import (
     MODALITIES,
@@ -17,6 +16,7 @@ from many_processes import (
     free_port,
     init_gloo,
     make_model,
+    shutdown,
 )
 
 from midas_data import MidasDataError, MidasObjective, StatsTable, midas_loader, sync_stats
@@ -45,7 +45,7 @@ def _ddp_main(rank: int, port: int, out: str) -> None:
             result[name] = {"head": head["steps"], "tail": tail["steps"], "digest": tail["digest"]}
         torch.save(result, f"{out}/ddp{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def _accelerate_main(rank: int, port: int, out: str) -> None:
         result["errors"] = errors
         torch.save(result, f"{out}/acc{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        shutdown()
 
 
 @pytest.fixture(scope="module")
