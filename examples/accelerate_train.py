@@ -16,12 +16,11 @@ seen per epoch, alpha per process, and the test accuracy.
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from synthetic import MODALITIES, NUM_CLASSES, accuracy, make_model, make_splits
+from synthetic import MODALITIES, NUM_CLASSES, accuracy, json_line, make_model, make_splits
 
 from midas_data import MidasObjective, StatsTable, midas_loader, sync_stats
 
@@ -64,20 +63,8 @@ def main() -> None:
     }
     everyone = gather_object([report])
     if accelerator.is_main_process:
-        print(
-            json.dumps(
-                {
-                    "example": "accelerate_train",
-                    "num_processes": accelerator.num_processes,
-                    "epochs": args.epochs,
-                    "dataset_size": len(train),
-                    "samples_per_rank_per_epoch": [r["samples_per_epoch"] for r in everyone],
-                    "alpha_per_rank": [r["alpha"] for r in everyone],
-                    "test_accuracy": everyone[0]["test_accuracy"],
-                }
-            ),
-            flush=True,
-        )
+        line = json_line("accelerate_train", accelerator.num_processes, args.epochs, len(train), everyone)
+        print(line, flush=True)
     accelerator.end_training()
 
 

@@ -13,12 +13,11 @@ epoch, alpha per rank, and the test accuracy.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import torch
 import torch.distributed as dist
-from synthetic import MODALITIES, NUM_CLASSES, accuracy, make_model, make_splits
+from synthetic import MODALITIES, NUM_CLASSES, accuracy, json_line, make_model, make_splits
 
 from midas_data import MidasObjective, StatsTable, midas_loader, sync_stats
 
@@ -73,20 +72,7 @@ def main() -> None:
     everyone: list[dict] = [{} for _ in range(world)]
     dist.all_gather_object(everyone, report)
     if rank == 0:
-        print(
-            json.dumps(
-                {
-                    "example": "ddp_train",
-                    "world_size": world,
-                    "epochs": args.epochs,
-                    "dataset_size": len(train),
-                    "samples_per_rank_per_epoch": [r["samples_per_epoch"] for r in everyone],
-                    "alpha_per_rank": [r["alpha"] for r in everyone],
-                    "test_accuracy": everyone[0]["test_accuracy"],
-                }
-            ),
-            flush=True,
-        )
+        print(json_line("ddp_train", world, args.epochs, len(train), everyone), flush=True)
     # DDP keeps its own reference to the process group: release it first, so the group is
     # torn down here and not during interpreter exit (where gloo can abort).
     del model, optimizer

@@ -7,6 +7,7 @@ model; the training scripts do not change.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
@@ -57,3 +58,18 @@ def accuracy(model: nn.Module, dataset: GeneratedPairs, device: torch.device) ->
     logits = model({"audio": dataset.audio.to(device), "video": dataset.video.to(device)}).fusion_logits
     model.train()
     return float((logits.argmax(dim=1).cpu() == dataset.labels).float().mean())
+
+
+def json_line(example: str, world_size: int, epochs: int, dataset_size: int, reports: list[dict[str, Any]]) -> str:
+    """The examples' last line: every rank's samples per epoch and alpha, the test accuracy."""
+    return json.dumps(
+        {
+            "example": example,
+            "world_size": world_size,
+            "epochs": epochs,
+            "dataset_size": dataset_size,
+            "samples_per_rank_per_epoch": [r["samples_per_epoch"] for r in reports],
+            "alpha_per_rank": [r["alpha"] for r in reports],
+            "test_accuracy": reports[0]["test_accuracy"],
+        }
+    )

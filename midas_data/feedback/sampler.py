@@ -241,14 +241,14 @@ class MidasBatchSampler(Sampler[list[int]]):
         else:
             bounds = batch_bounds(self.num_samples, self.max_batch_size, self.num_replicas, self.rank, self.drop_last)
         self._bounds_cache = bounds
+        self._uniform_size = {end - begin for begin, end in bounds} == {self.max_batch_size}
 
     @property
     def batch_size(self) -> int | None:
         """The size of every batch, or ``None`` when sizes vary (a smaller last batch, a
         folded tail). Frameworks read it: Accelerate treats ``None`` as batches of varying
         size and neither pads nor drops them. :attr:`max_batch_size` is the size asked for."""
-        sizes = {end - begin for begin, end in self._bounds_cache}
-        return self.max_batch_size if sizes == {self.max_batch_size} else None
+        return self.max_batch_size if self._uniform_size else None
 
     # -- epoch -----------------------------------------------------------------------------
     @property
