@@ -13,6 +13,7 @@ epoch, alpha per rank, and the test accuracy.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 
 import torch
@@ -73,9 +74,10 @@ def main() -> None:
     dist.all_gather_object(everyone, report)
     if rank == 0:
         print(json_line("ddp_train", world, args.epochs, len(train), everyone), flush=True)
-    # DDP keeps its own reference to the process group: release it first, so the group is
-    # torn down here and not during interpreter exit (where gloo can abort).
+    # Release what holds the process group before tearing it down, so that nothing of it is
+    # left to interpreter exit (where gloo can abort, seen now and then on a loaded machine).
     del model, optimizer
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 
