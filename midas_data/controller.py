@@ -54,7 +54,7 @@ class WeakModalityController:
         variant: str = "paper",
         *,
         sync: bool = True,
-        process_group: object | None = None,
+        process_group: Any = None,
     ) -> None:
         if num_modalities < 2:
             raise ValueError(f"num_modalities: expected at least 2, got {num_modalities}")

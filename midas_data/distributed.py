@@ -7,26 +7,28 @@ host with the device; under NCCL the collectives run on the current CUDA device.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 __all__ = ["is_distributed", "world_size", "collective_device", "all_reduce_sum"]
 
 
-def is_distributed(group: object | None = None) -> bool:
+def is_distributed(group: Any = None) -> bool:
     """Whether a process group with more than one rank is initialised."""
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
-def world_size(group: object | None = None) -> int:
+def world_size(group: Any = None) -> int:
     """The number of ranks of ``group``; 1 without an initialised process group."""
     import torch.distributed as dist
 
     return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
 
 
-def collective_device(group: object | None, like: torch.Tensor) -> torch.device:
+def collective_device(group: Any, like: torch.Tensor) -> torch.device:
     """Where a collective over ``group`` must run for a tensor that lives like ``like``."""
     import torch.distributed as dist
 
@@ -36,7 +38,7 @@ def collective_device(group: object | None, like: torch.Tensor) -> torch.device:
     return like.device
 
 
-def all_reduce_sum(tensor: torch.Tensor, group: object | None = None) -> torch.Tensor:
+def all_reduce_sum(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
     """The sum of ``tensor`` over the ranks of ``group`` (``tensor`` itself without a group).
 
     One collective, asynchronous with respect to the host on CUDA; the result is on

@@ -83,7 +83,7 @@ class MidasObjective:
         validate: bool = True,
         follow_batch_epoch: bool = True,
         sync_alpha: bool = True,
-        process_group: object | None = None,
+        process_group: Any = None,
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes: expected at least 2, got {num_classes}")

@@ -22,6 +22,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import torch
@@ -70,7 +71,7 @@ def _sharding_wrapper() -> tuple[str, Any] | None:
     Accelerate gives no other sign that it wraps a batch sampler; a look at the few
     callers above this one (once per epoch) tells.
     """
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     for _ in range(16):
         if frame is None:
             return None

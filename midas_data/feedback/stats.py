@@ -317,20 +317,22 @@ class StatsTable:
         next :meth:`update`, :meth:`flush` or read, so the training step never waits for
         the device here. An error in it surfaces there, naming its step.
         """
+        statistics: Mapping[str, torch.Tensor | None]
         if per_sample is not None:
             if not isinstance(per_sample, Mapping):
                 raise TypeError(f"per_sample: expected a mapping of tensors, got {type(per_sample).__name__}")
             if any(v is not None for v in (confidence, similarity, misaligned_loss, has_misaligned)):
                 raise ValueError("pass either per_sample or the statistics by keyword, not both")
+            statistics = per_sample
         else:
-            per_sample = {
+            statistics = {
                 "confidence": confidence,
                 "similarity": similarity,
                 "misaligned_loss": misaligned_loss,
                 "has_misaligned": has_misaligned,
             }
         ids = as_id_tensor(ids)
-        values, columns = pack_statistics(per_sample, self.num_modalities, ids.shape[0])
+        values, columns = pack_statistics(statistics, self.num_modalities, ids.shape[0])
         self.update_packed(ids, values, columns, valid=valid, step=step)
 
     def update_packed(

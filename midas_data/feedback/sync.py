@@ -13,6 +13,7 @@ Without an initialised process group (or with one rank) everything is a local no
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ def all_gather_rows(
     ids: torch.Tensor,
     values: torch.Tensor,
     *,
-    group: object | None = None,
+    group: Any = None,
     capacity: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gather ``ids [B_r]`` (int64) and ``values [B_r, F]`` (float) from every rank.
@@ -86,7 +87,7 @@ def sync_stats(
     per_sample: Mapping[str, torch.Tensor],
     *,
     step: int | None = None,
-    group: object | None = None,
+    group: Any = None,
     capacity: int | None = None,
 ) -> None:
     """All-gather one step's per-sample statistics and apply them to ``table`` on every rank.
