@@ -106,6 +106,38 @@ class _SampleOrder(Sampler[int]):
         return sum(end - begin for begin, end in self.batch_sampler._bounds_cache)
 
 
+def _replicas_of(sampler: Any, num_replicas: int, rank: int) -> tuple[int, int]:
+    """``(num_replicas, rank)`` of a trainer's distributed sampler, checked against ours."""
+    replicas, its_rank = getattr(sampler, "num_replicas", None), getattr(sampler, "rank", None)
+    if not (isinstance(replicas, int) and isinstance(its_rank, int)):
+        raise TypeError(
+            f"sampler: expected a distributed sampler with int num_replicas and rank (a trainer passes one to "
+            f"shard this batch sampler), got {type(sampler).__name__}"
+        )
+    if num_replicas == 1:
+        return replicas, its_rank
+    if (num_replicas, rank) != (replicas, its_rank):
+        raise ValueError(
+            f"sampler: this batch sampler is split for rank {rank} of {num_replicas}, but the trainer shards for "
+            f"rank {its_rank} of {replicas}; build the loader without num_replicas/rank and let the trainer shard it"
+        )
+    return num_replicas, rank
+
+
+def _record_init_arguments(obj: MidasBatchSampler, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Keep the arguments ``obj`` was made with where PyTorch Lightning looks for them.
+
+    Lightning re-creates a custom batch sampler with the same arguments plus ``sampler=`` (its
+    ``DistributedSampler``) to shard it. Passing the same ``epoch`` tensor and stats table
+    keeps the new sampler tied to the loader's collate step and to the feedback loop.
+    """
+    # Lightning reads these exact attribute names (set by name: no class-private mangling).
+    setattr(obj, "__pl_saved_args", args)
+    setattr(obj, "__pl_saved_kwargs", kwargs)
+    setattr(obj, "__pl_saved_default_kwargs", {"sampler": None})
+    setattr(obj, "__pl_saved_arg_names", ("num_samples", "batch_size"))
+
+
 @dataclass
 class _Resume:
     epoch: int
@@ -146,6 +178,10 @@ class MidasBatchSampler(Sampler[list[int]]):
             rank and each sample once per epoch, with no framework padding. ``None``
             (default): the ``torch.distributed`` world size, or Accelerate's process count
             when Accelerate wraps this sampler.
+        sampler: the distributed sampler a trainer hands over when it re-creates this batch
+            sampler to shard it (PyTorch Lightning with ``use_distributed_sampler=True``): its
+            ``num_replicas`` and ``rank`` split the global plan as ``num_replicas``/``rank``
+            would; its own order is not used. A sampler already split by rank must agree.
 
     Epochs advance by themselves: every new iteration (a new ``iter(loader)``) plans the
     next epoch, as a shuffling ``DataLoader`` does, unless :meth:`set_epoch` was called
@@ -171,13 +207,14 @@ class MidasBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         num_shards: int | None = None,
+        sampler: Any = None,
     ) -> None:
+        if sampler is not None:
+            num_replicas, rank = _replicas_of(sampler, num_replicas, rank)
         if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
             raise TypeError(
                 f"num_samples: expected the dataset size as an int, got {type(num_samples).__name__}. "
-                "(PyTorch Lightning passes a sampler here when it tries to inject a DistributedSampler into a "
-                "custom batch sampler: use Trainer(use_distributed_sampler=False) with "
-                "DistributedMidasBatchSampler, see docs/feedback.md)"
+                "(a trainer re-creating this batch sampler passes its distributed sampler as sampler=...)"
             )
         if num_samples <= 0:
             raise ValueError(f"num_samples: expected a positive dataset size, got {num_samples}")
@@ -233,6 +270,23 @@ class MidasBatchSampler(Sampler[list[int]]):
         self._warned_unsharded = False
         self.sampler = _SampleOrder(self)
         self._set_bounds(self.fixed_num_shards or 1)
+        _record_init_arguments(
+            self,
+            (self.num_samples, self.max_batch_size),
+            {
+                "shuffle": shuffle,
+                "seed": self.seed,
+                "drop_last": drop_last,
+                "epoch": self.epoch_tensor,
+                "policy": policy,
+                "stats": stats,
+                "floor": self.floor,
+                "weak_modality": weak_modality,
+                "num_replicas": num_replicas,
+                "rank": rank,
+                "num_shards": num_shards,
+            },
+        )
 
     def _set_bounds(self, num_shards: int) -> None:
         self.num_shards = num_shards
@@ -498,8 +552,9 @@ class DistributedMidasBatchSampler(MidasBatchSampler):
 
     The same global plan on every rank, each rank yielding its disjoint share, with the
     same number of batches on every rank. ``num_replicas`` and ``rank`` default to
-    ``torch.distributed``'s world size and rank. Do not give it to Lightning or Accelerate,
-    which would shard it again (docs/feedback.md says which sampler goes where).
+    ``torch.distributed``'s world size and rank. Do not give it to Accelerate, which would
+    shard it again (docs/feedback.md says which sampler goes where); Lightning accepts it when
+    its ranks agree, but the global sampler is all Lightning needs.
     """
 
     def __init__(
