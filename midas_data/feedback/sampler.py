@@ -31,6 +31,7 @@ from ..distributed import world_size
 from ..errors import MidasDataError
 from ..functional import pair_importance_weights
 from .planning import POLICIES, EpochPlan, batch_bounds, choose_weak_modality, plan_from_snapshot
+from .recreate import record_init_arguments, replicas_of
 from .stats import StatsTable
 
 __all__ = [
@@ -106,38 +107,6 @@ class _SampleOrder(Sampler[int]):
         return sum(end - begin for begin, end in self.batch_sampler._bounds_cache)
 
 
-def _replicas_of(sampler: Any, num_replicas: int, rank: int) -> tuple[int, int]:
-    """``(num_replicas, rank)`` of a trainer's distributed sampler, checked against ours."""
-    replicas, its_rank = getattr(sampler, "num_replicas", None), getattr(sampler, "rank", None)
-    if not (isinstance(replicas, int) and isinstance(its_rank, int)):
-        raise TypeError(
-            f"sampler: expected a distributed sampler with int num_replicas and rank (a trainer passes one to "
-            f"shard this batch sampler), got {type(sampler).__name__}"
-        )
-    if num_replicas == 1:
-        return replicas, its_rank
-    if (num_replicas, rank) != (replicas, its_rank):
-        raise ValueError(
-            f"sampler: this batch sampler is split for rank {rank} of {num_replicas}, but the trainer shards for "
-            f"rank {its_rank} of {replicas}; build the loader without num_replicas/rank and let the trainer shard it"
-        )
-    return num_replicas, rank
-
-
-def _record_init_arguments(obj: MidasBatchSampler, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Keep the arguments ``obj`` was made with where PyTorch Lightning looks for them.
-
-    Lightning re-creates a custom batch sampler with the same arguments plus ``sampler=`` (its
-    ``DistributedSampler``) to shard it. Passing the same ``epoch`` tensor and stats table
-    keeps the new sampler tied to the loader's collate step and to the feedback loop.
-    """
-    # Lightning reads these exact attribute names (set by name: no class-private mangling).
-    setattr(obj, "__pl_saved_args", args)
-    setattr(obj, "__pl_saved_kwargs", kwargs)
-    setattr(obj, "__pl_saved_default_kwargs", {"sampler": None})
-    setattr(obj, "__pl_saved_arg_names", ("num_samples", "batch_size"))
-
-
 @dataclass
 class _Resume:
     epoch: int
@@ -210,7 +179,7 @@ class MidasBatchSampler(Sampler[list[int]]):
         sampler: Any = None,
     ) -> None:
         if sampler is not None:
-            num_replicas, rank = _replicas_of(sampler, num_replicas, rank)
+            num_replicas, rank = replicas_of(sampler, num_replicas, rank)
         if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
             raise TypeError(
                 f"num_samples: expected the dataset size as an int, got {type(num_samples).__name__}. "
@@ -270,23 +239,10 @@ class MidasBatchSampler(Sampler[list[int]]):
         self._warned_unsharded = False
         self.sampler = _SampleOrder(self)
         self._set_bounds(self.fixed_num_shards or 1)
-        _record_init_arguments(
-            self,
-            (self.num_samples, self.max_batch_size),
-            {
-                "shuffle": shuffle,
-                "seed": self.seed,
-                "drop_last": drop_last,
-                "epoch": self.epoch_tensor,
-                "policy": policy,
-                "stats": stats,
-                "floor": self.floor,
-                "weak_modality": weak_modality,
-                "num_replicas": num_replicas,
-                "rank": rank,
-                "num_shards": num_shards,
-            },
-        )
+        kwargs = {"shuffle": shuffle, "seed": seed, "drop_last": drop_last, "epoch": self.epoch_tensor}
+        kwargs.update(policy=policy, stats=stats, floor=floor, weak_modality=weak_modality)
+        kwargs.update(num_replicas=num_replicas, rank=rank, num_shards=num_shards)
+        record_init_arguments(self, (self.num_samples, self.max_batch_size), kwargs)
 
     def _set_bounds(self, num_shards: int) -> None:
         self.num_shards = num_shards
