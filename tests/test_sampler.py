@@ -424,3 +424,18 @@ def test_a_trainer_can_recreate_the_sampler_with_its_distributed_sampler():
         MidasBatchSampler(10, 3, num_replicas=2, rank=1, sampler=DistributedSampler(range(10), 2, 0))
     with pytest.raises(TypeError, match="num_replicas and rank"):
         MidasBatchSampler(10, 3, sampler=object())
+
+
+def test_accelerate_reads_the_batch_size_of_the_sharded_layout():
+    # BatchSamplerShard reads batch_size once, when it is made. 240 samples in batches of 16
+    # are 15 equal batches globally but 8 per rank (7 of 16 and 1 of 8) for two ranks: the
+    # wrapper must see None (sizes vary), or it pads the short pair with repeated samples.
+    shard_module = pytest.importorskip("accelerate.data_loader")
+    shares = []
+    for rank in range(2):
+        shard = shard_module.BatchSamplerShard(MidasBatchSampler(240, 16, seed=1), num_processes=2, process_index=rank)
+        assert shard.batch_size is None
+        batches = list(shard)
+        assert len(batches) == len(shard) == 8
+        shares.append([i for batch in batches for i in batch])
+    assert sorted(shares[0] + shares[1]) == list(range(240))

@@ -257,6 +257,7 @@ class MidasBatchSampler(Sampler[list[int]]):
         """The size of every batch, or ``None`` when sizes vary (a smaller last batch, a
         folded tail). Frameworks read it: Accelerate treats ``None`` as batches of varying
         size and neither pads nor drops them. :attr:`max_batch_size` is the size asked for."""
+        self._fit_to_shard()  # Accelerate reads it when it wraps this sampler, before any iteration
         sizes = {end - begin for begin, end in self._bounds_cache}
         return self.max_batch_size if sizes == {self.max_batch_size} else None
 
@@ -399,12 +400,16 @@ class MidasBatchSampler(Sampler[list[int]]):
         return list(self._bounds_cache)
 
     def __len__(self) -> int:
+        self._fit_to_shard()
+        return len(self._bounds_cache)
+
+    def _fit_to_shard(self) -> None:
+        """Order the batches for the Accelerate shard wrapper reading ``len`` or ``batch_size``."""
         wrapper = _sharding_wrapper()
         if wrapper is not None and wrapper[0] == "shard" and self.num_replicas == 1:
             num_shards = self.fixed_num_shards or int(getattr(wrapper[1], "num_processes", 1))
             if num_shards != self.num_shards:
                 self._set_bounds(num_shards)
-        return len(self._bounds_cache)
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
