@@ -12,13 +12,12 @@ and the final test accuracy.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import warnings
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
+from run_summary import EpochRecord, summary
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -69,25 +68,13 @@ class Classifier(pl.LightningModule):
 
 
 class Record(pl.Callback):
-    """What the JSON line reports: ids and pair plans seen on this rank, per epoch."""
+    """For the JSON line only: what this rank trained on."""
 
     def __init__(self) -> None:
-        self.ids: dict[int, list[int]] = {}
-        self.plans: dict[int, hashlib._Hash] = {}
+        self.record = EpochRecord()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        epoch = trainer.current_epoch
-        self.ids.setdefault(epoch, []).extend(batch.ids.tolist())
-        digest = self.plans.setdefault(epoch, hashlib.sha256())
-        digest.update(batch.ids.cpu().numpy().tobytes() + batch.plan.cpu().numpy().tobytes())
-
-
-def gather(value: object) -> list:
-    if not (dist.is_available() and dist.is_initialized()):
-        return [value]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
+        self.record.add(batch)
 
 
 def accuracy(net: nn.Module, data: TwoModalities) -> float:
@@ -124,25 +111,12 @@ def main() -> None:
     )
     trainer.fit(model)
 
-    ids = gather(record.ids)
-    plans = gather({e: h.hexdigest() for e, h in record.plans.items()})
-    alphas = gather(model.objective.alpha.tolist())
+    result = summary(record.record, model.objective.alpha, args.samples)
     if trainer.global_rank != 0:
         return
-    epochs = sorted(ids[0])
-    once = all(sorted(i for rank in ids for i in rank[e]) == list(range(args.samples)) for e in epochs)
-    fingerprints = {tuple(rank[e] for rank in plans) for e in epochs}
-    result = {
-        "integration": "lightning",
-        "processes": args.devices,
-        "epochs_run": len(epochs),
-        "distinct_epoch_plans": len(fingerprints),
-        "samples_per_rank_per_epoch": [[len(rank[e]) for rank in ids] for e in epochs],
-        "each_sample_once_per_epoch": once,
-        "alpha_per_rank": alphas,
-        "stats_rows_written": int((model.table.last_step >= 0).sum()),
-        "final_accuracy": round(accuracy(model.net, TwoModalities(400, seed=1)), 4),
-    }
+    result = {"integration": "lightning", **result}
+    result["stats_rows_written"] = int((model.table.last_step >= 0).sum())
+    result["final_accuracy"] = round(accuracy(model.net, TwoModalities(400, seed=1)), 4)
     print(json.dumps(result))
 
 

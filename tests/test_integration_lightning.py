@@ -1,12 +1,7 @@
 """MidasCallback with the real PyTorch Lightning: epochs, feedback, logging, checkpoints, two
 DDP processes (the example script, launched as a user would)."""
 
-import json
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +9,11 @@ from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
 
+from example_runs import ROOT, assert_shared_epochs, run_example  # noqa: E402
+
 from midas_data import LateFusionClassifier, MidasObjective, StatsTable, midas_loader  # noqa: E402
 from midas_data.integrations.lightning import MidasCallback, midas_step  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 MODALITIES = ("a", "b")
 N, C = 48, 3
 
@@ -185,16 +181,7 @@ def _drop(output, modality):
 
 def test_two_ddp_processes_share_epochs_once_with_one_alpha(tmp_path):
     # The example script, launched as a user would: Lightning starts the second process.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "examples" / "lightning_train.py"), "--devices", "2"]
-    cmd += ["--epochs", "3", "--samples", "100", "--batch-size", "8"]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["processes"] == 2 and result["epochs_run"] == 3
-    assert result["each_sample_once_per_epoch"] is True
-    assert all(sum(ranks) == 100 and ranks[0] == ranks[1] for ranks in result["samples_per_rank_per_epoch"])
-    assert result["distinct_epoch_plans"] == 3
-    assert result["alpha_per_rank"][0] == result["alpha_per_rank"][1]
-    assert result["alpha_per_rank"][0] != [1.0, 1.0]  # alpha moved after warm-up
+    script = str(ROOT / "examples" / "lightning_train.py")
+    result = run_example([script, "--devices", "2", "--epochs", "3", "--samples", "100", "--batch-size", "8"], tmp_path)
+    assert_shared_epochs(result, samples=100, epochs=3)
     assert result["stats_rows_written"] == 100
