@@ -32,8 +32,9 @@ def net() -> LateFusionClassifier:
 
 
 class Module(pl.LightningModule):
-    def __init__(self, step=None) -> None:
+    def __init__(self, step=None, **loader_kwargs) -> None:
         super().__init__()
+        self.loader_kwargs = loader_kwargs
         self.net = net()
         self.objective = MidasObjective(C, MODALITIES, warmup_epochs=1)
         self.table = StatsTable(N, MODALITIES)
@@ -46,7 +47,7 @@ class Module(pl.LightningModule):
         return midas_step(self.objective, self.net, batch)
 
     def train_dataloader(self):
-        return midas_loader(self.dataset, MODALITIES, batch_size=8, stats=self.table)
+        return midas_loader(self.dataset, MODALITIES, batch_size=8, stats=self.table, **self.loader_kwargs)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -62,6 +63,18 @@ class Seen(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.batches.append((trainer.current_epoch, batch.ids.tolist(), batch.plan.tolist()))
+
+
+class SaveAndStop(pl.Callback):
+    """Save a checkpoint after the third batch of the second epoch, then stop."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == 1 and batch_idx == 2:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = True
 
 
 def fit(module, epochs: int, *callbacks, ckpt_path=None, root=None) -> pl.Trainer:
@@ -127,19 +140,33 @@ def test_a_mid_epoch_checkpoint_continues_after_the_last_trained_batch(tmp_path)
     straight, seen_straight = Module(), Seen()
     fit(straight, 2, seen_straight)
 
-    class SaveAndStop(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if trainer.current_epoch == 1 and batch_idx == 2:
-                trainer.save_checkpoint(tmp_path / "mid.ckpt")
-                trainer.should_stop = True
-
-    fit(Module(), 2, SaveAndStop())
+    fit(Module(), 2, SaveAndStop(tmp_path / "mid.ckpt"))
     resumed, seen = Module(), Seen()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*not resumable.*")
         fit(resumed, 2, seen, ckpt_path=str(tmp_path / "mid.ckpt"))
     rest = [b for b in seen_straight.batches if b[0] == 1][3:]
     assert seen.batches == rest
+
+
+def test_input_level_batches_train_through_midas_step():
+    module = Module(mode="input")
+    fit(module, 2)
+    assert not torch.isnan(module.table.misaligned_loss).any()  # the misaligned forward ran after warm-up
+
+
+def test_a_stateful_loader_is_resumed_by_lightning_and_left_alone_by_the_callback(tmp_path):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    straight, seen_straight = Module(loader_class=StatefulDataLoader), Seen()
+    fit(straight, 2, seen_straight)
+
+    fit(Module(loader_class=StatefulDataLoader), 2, SaveAndStop(tmp_path / "mid.ckpt"))
+    state = torch.load(tmp_path / "mid.ckpt", weights_only=False)
+    assert "sampler" not in next(iter(state["callbacks"].values()))
+    resumed, seen = Module(loader_class=StatefulDataLoader), Seen()
+    fit(resumed, 2, seen, ckpt_path=str(tmp_path / "mid.ckpt"))
+    assert seen.batches == [b for b in seen_straight.batches if b[0] == 1][3:]
 
 
 def test_a_step_that_does_not_return_the_diagnostics_gets_a_clear_error():
