@@ -66,13 +66,13 @@ class Seen(pl.Callback):
 
 
 class SaveAndStop(pl.Callback):
-    """Save a checkpoint after the third batch of the second epoch, then stop."""
+    """Save a checkpoint after batch ``batch`` of the second epoch (any batch: ``None``), then stop."""
 
-    def __init__(self, path) -> None:
-        self.path = path
+    def __init__(self, path, batch=None) -> None:
+        self.path, self.batch = path, batch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.current_epoch == 1 and batch_idx == 2:
+        if trainer.current_epoch == 1 and self.batch in (None, batch_idx):
             trainer.save_checkpoint(self.path)
             trainer.should_stop = True
 
@@ -140,13 +140,18 @@ def test_a_mid_epoch_checkpoint_continues_after_the_last_trained_batch(tmp_path)
     straight, seen_straight = Module(), Seen()
     fit(straight, 2, seen_straight)
 
-    fit(Module(), 2, SaveAndStop(tmp_path / "mid.ckpt"))
-    resumed, seen = Module(), Seen()
+    fit(Module(), 2, SaveAndStop(tmp_path / "mid.ckpt", batch=2))
+    rest = [b for b in seen_straight.batches if b[0] == 1][3:]
+    # Resume, train one batch, checkpoint again: that checkpoint counts the batches trained before it.
+    once, seen_once = Module(), Seen()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*not resumable.*")
-        fit(resumed, 2, seen, ckpt_path=str(tmp_path / "mid.ckpt"))
-    rest = [b for b in seen_straight.batches if b[0] == 1][3:]
-    assert seen.batches == rest
+        fit(once, 2, seen_once, SaveAndStop(tmp_path / "mid2.ckpt"), ckpt_path=str(tmp_path / "mid.ckpt"))
+        resumed, seen = Module(), Seen()
+        fit(resumed, 2, seen, ckpt_path=str(tmp_path / "mid2.ckpt"))
+    assert seen_once.batches == rest[:1]
+    assert seen.batches == rest[1:]
+    assert torch.equal(resumed.objective.alpha, straight.objective.alpha)
 
 
 def test_input_level_batches_train_through_midas_step():
@@ -161,7 +166,7 @@ def test_a_stateful_loader_is_resumed_by_lightning_and_left_alone_by_the_callbac
     straight, seen_straight = Module(loader_class=StatefulDataLoader), Seen()
     fit(straight, 2, seen_straight)
 
-    fit(Module(loader_class=StatefulDataLoader), 2, SaveAndStop(tmp_path / "mid.ckpt"))
+    fit(Module(loader_class=StatefulDataLoader), 2, SaveAndStop(tmp_path / "mid.ckpt", batch=2))
     state = torch.load(tmp_path / "mid.ckpt", weights_only=False)
     assert "sampler" not in next(iter(state["callbacks"].values()))
     resumed, seen = Module(loader_class=StatefulDataLoader), Seen()

@@ -93,6 +93,7 @@ class MidasCallback(pl.Callback):
         self.sync = sync_stats
         self.sampler: MidasBatchSampler | None = None
         self._batches_in_epoch = 0
+        self._resumed_epoch: int | None = None  # the epoch a restored state continues in the middle
         self._stateful_loader = False
         self._pending: dict[str, Any] | None = None
 
@@ -129,12 +130,17 @@ class MidasCallback(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.objective is not None
         self.objective.set_epoch(trainer.current_epoch)
-        self._batches_in_epoch = 0
+        # Lightning skips this hook when it restarts an epoch in the middle; the restored count
+        # of batches trained before the checkpoint stands then.
+        if self._resumed_epoch != trainer.current_epoch:
+            self._batches_in_epoch = 0
+        self._resumed_epoch = None
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self._batches_in_epoch += 1
+        self._resumed_epoch = None
         diagnostics = _diagnostics_of(outputs)
         if not isinstance(batch, MidasBatch):
             raise TypeError(f"MidasCallback: the train batch is a {type(batch).__name__}, not a MidasBatch")
@@ -198,6 +204,8 @@ class MidasCallback(pl.Callback):
             self.stats.load_state_dict(state["stats"])
         if "sampler" in state and self.sampler is not None and not self._stateful_loader:
             self.sampler.load_state_dict(state["sampler"])
+            self._resumed_epoch = int(state["sampler"]["epoch"])
+            self._batches_in_epoch = int(state["sampler"]["yielded"])
 
 
 def _diagnostics_of(outputs: Any) -> Mapping[str, Any]:
