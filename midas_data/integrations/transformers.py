@@ -92,7 +92,8 @@ class MidasTrainer(Trainer):
         if self.args.label_names is None and not self.label_names:
             self.label_names = ["labels"]  # what the default collator makes of a "label" column
         # Columns the Trainer keeps under remove_unused_columns (the model's forward names none).
-        self._signature_columns = modalities + sorted({label_key, "label", "label_ids", *self.label_names})
+        kept = modalities + sorted({label_key, "label", "label_ids", *self.label_names})
+        self._signature_columns = kept  # type: ignore[assignment]
 
     # -- the train loader --------------------------------------------------------------------
     def get_train_dataloader(self) -> Any:
@@ -229,7 +230,7 @@ class MidasTrainer(Trainer):
         """The Trainer's save (checkpoints call it too), plus ``midas_state.pt`` on the saving process."""
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
-            path = os.path.join(output_dir or self.args.output_dir, STATE_FILE)
+            path = os.path.join(str(output_dir or self.args.output_dir), STATE_FILE)
             torch.save(self.midas_state_dict(), path)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
