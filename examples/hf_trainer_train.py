@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--warmup-epochs", type=int, default=1)
     parser.add_argument("--samples", type=int, default=240)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
     parser.add_argument("--output-dir", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -76,6 +77,7 @@ def main() -> None:
     training_args = TrainingArguments(
         output_dir=args.output_dir or tempfile.mkdtemp(),
         per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
         per_device_eval_batch_size=200,
         num_train_epochs=args.epochs,
         learning_rate=0.01,

@@ -142,6 +142,7 @@ def test_two_processes_under_torchrun_share_epochs_once_with_one_alpha(tmp_path)
         port = s.getsockname()[1]
     args = ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
     args += [str(ROOT / "examples" / "hf_trainer_train.py"), "--epochs", "3", "--samples", "100", "--batch-size", "8"]
-    result = run_example([*args, "--output-dir", str(tmp_path)], tmp_path)
+    # Gradient accumulation too: MIDAS's collectives run inside DDP's no_sync steps.
+    result = run_example([*args, "--gradient-accumulation-steps", "2", "--output-dir", str(tmp_path)], tmp_path)
     assert_shared_epochs(result, samples=100, epochs=3)
     assert result["logged_alpha"] is not None
