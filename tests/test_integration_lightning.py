@@ -174,6 +174,15 @@ def test_a_stateful_loader_is_resumed_by_lightning_and_left_alone_by_the_callbac
     assert seen.batches == [b for b in seen_straight.batches if b[0] == 1][3:]
 
 
+def test_a_skipped_step_is_left_alone():
+    def step(self, batch):
+        return None if batch.ids.min() < 8 else midas_step(self.objective, self.net, batch)
+
+    module = Module(step=step)
+    fit(module, 2)
+    assert bool((module.table.last_step >= 0).any())
+
+
 def test_a_step_that_does_not_return_the_diagnostics_gets_a_clear_error():
     module = Module(step=lambda self, batch: midas_step(self.objective, self.net, batch)["loss"])
     with pytest.raises(TypeError, match="training_step must return \\{'loss': loss, 'midas': diagnostics\\}"):

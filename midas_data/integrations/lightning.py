@@ -141,6 +141,8 @@ class MidasCallback(pl.Callback):
     ) -> None:
         self._batches_in_epoch += 1
         self._resumed_epoch = None
+        if outputs is None or (isinstance(outputs, Mapping) and not outputs):
+            return  # training_step returned None: Lightning skipped this batch
         diagnostics = _diagnostics_of(outputs)
         if not isinstance(batch, MidasBatch):
             raise TypeError(f"MidasCallback: the train batch is a {type(batch).__name__}, not a MidasBatch")
