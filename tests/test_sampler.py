@@ -240,7 +240,7 @@ def test_arguments_are_checked():
         MidasBatchSampler(10, 2, policy="hard", stats=table, shuffle=False)
     with pytest.raises(ValueError, match="rank"):
         MidasBatchSampler(10, 2, num_replicas=2, rank=2)
-    with pytest.raises(TypeError, match="use_distributed_sampler=False"):
+    with pytest.raises(TypeError, match="expected the dataset size as an int"):
         MidasBatchSampler(torch.utils.data.SequentialSampler(range(10)), batch_size=2, drop_last=False)
     with pytest.raises(RuntimeError, match="init_process_group"):
         DistributedMidasBatchSampler(10, 2)
@@ -399,3 +399,43 @@ def test_feedback_lag_is_the_rest_of_the_epoch(num_workers, update_at):
     assert not any(flags[:length]) and first == length
     assert first - update_at == length - update_at
     assert loader.batch_sampler.current_plan.snapshot_updates == 2
+
+
+def test_a_trainer_can_recreate_the_sampler_with_its_distributed_sampler():
+    # Lightning re-creates a custom batch sampler from its saved arguments plus sampler=.
+    from torch.utils.data import DistributedSampler
+
+    table = StatsTable(10, MODALITIES)
+    original = MidasBatchSampler(10, 3, seed=4, stats=table)
+    args, kwargs = getattr(original, "__pl_saved_args"), dict(getattr(original, "__pl_saved_kwargs"))
+    assert "sampler" in getattr(original, "__pl_saved_default_kwargs")
+    shares = []
+    for rank in range(2):
+        kwargs["sampler"] = DistributedSampler(range(10), num_replicas=2, rank=rank)
+        again = type(original)(*args, **kwargs)
+        assert again.epoch_tensor is original.epoch_tensor and again.stats is table
+        assert (again.num_replicas, again.rank) == (2, rank)
+        shares.append([i for batch in again for i in batch])
+    assert sorted(shares[0] + shares[1]) == list(range(10)) and len(shares[0]) == len(shares[1])
+    # A sampler already split by rank is accepted when it agrees, refused when it does not.
+    split = MidasBatchSampler(10, 3, num_replicas=2, rank=1, sampler=DistributedSampler(range(10), 2, 1))
+    assert (split.num_replicas, split.rank) == (2, 1)
+    with pytest.raises(ValueError, match="rank 0 of 2"):
+        MidasBatchSampler(10, 3, num_replicas=2, rank=1, sampler=DistributedSampler(range(10), 2, 0))
+    with pytest.raises(TypeError, match="num_replicas and rank"):
+        MidasBatchSampler(10, 3, sampler=object())
+
+
+def test_accelerate_reads_the_batch_size_of_the_sharded_layout():
+    # BatchSamplerShard reads batch_size once, when it is made. 240 samples in batches of 16
+    # are 15 equal batches globally but 8 per rank (7 of 16 and 1 of 8) for two ranks: the
+    # wrapper must see None (sizes vary), or it pads the short pair with repeated samples.
+    shard_module = pytest.importorskip("accelerate.data_loader")
+    shares = []
+    for rank in range(2):
+        shard = shard_module.BatchSamplerShard(MidasBatchSampler(240, 16, seed=1), num_processes=2, process_index=rank)
+        assert shard.batch_size is None
+        batches = list(shard)
+        assert len(batches) == len(shard) == 8
+        shares.append([i for batch in batches for i in batch])
+    assert sorted(shares[0] + shares[1]) == list(range(240))

@@ -32,6 +32,7 @@ from ..distributed import world_size
 from ..errors import MidasDataError
 from ..functional import pair_importance_weights
 from .planning import POLICIES, EpochPlan, batch_bounds, choose_weak_modality, plan_from_snapshot
+from .recreate import record_init_arguments, replicas_of
 from .stats import StatsTable
 
 __all__ = [
@@ -147,6 +148,10 @@ class MidasBatchSampler(Sampler[list[int]]):
             rank and each sample once per epoch, with no framework padding. ``None``
             (default): the ``torch.distributed`` world size, or Accelerate's process count
             when Accelerate wraps this sampler.
+        sampler: the distributed sampler a trainer hands over when it re-creates this batch
+            sampler to shard it (PyTorch Lightning with ``use_distributed_sampler=True``): its
+            ``num_replicas`` and ``rank`` split the global plan as ``num_replicas``/``rank``
+            would; its own order is not used. A sampler already split by rank must agree.
 
     Epochs advance by themselves: every new iteration (a new ``iter(loader)``) plans the
     next epoch, as a shuffling ``DataLoader`` does, unless :meth:`set_epoch` was called
@@ -172,13 +177,14 @@ class MidasBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         num_shards: int | None = None,
+        sampler: Any = None,
     ) -> None:
+        if sampler is not None:
+            num_replicas, rank = replicas_of(sampler, num_replicas, rank)
         if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
             raise TypeError(
                 f"num_samples: expected the dataset size as an int, got {type(num_samples).__name__}. "
-                "(PyTorch Lightning passes a sampler here when it tries to inject a DistributedSampler into a "
-                "custom batch sampler: use Trainer(use_distributed_sampler=False) with "
-                "DistributedMidasBatchSampler, see docs/feedback.md)"
+                "(a trainer re-creating this batch sampler passes its distributed sampler as sampler=...)"
             )
         if num_samples <= 0:
             raise ValueError(f"num_samples: expected a positive dataset size, got {num_samples}")
@@ -234,6 +240,10 @@ class MidasBatchSampler(Sampler[list[int]]):
         self._warned_unsharded = False
         self.sampler = _SampleOrder(self)
         self._set_bounds(self.fixed_num_shards or 1)
+        kwargs = {"shuffle": shuffle, "seed": seed, "drop_last": drop_last, "epoch": self.epoch_tensor}
+        kwargs.update(policy=policy, stats=stats, floor=floor, weak_modality=weak_modality)
+        kwargs.update(num_replicas=num_replicas, rank=rank, num_shards=num_shards)
+        record_init_arguments(self, (self.num_samples, self.max_batch_size), kwargs)
 
     def _set_bounds(self, num_shards: int) -> None:
         self.num_shards = num_shards
@@ -249,6 +259,7 @@ class MidasBatchSampler(Sampler[list[int]]):
         """The size of every batch, or ``None`` when sizes vary (a smaller last batch, a
         folded tail). Frameworks read it: Accelerate treats ``None`` as batches of varying
         size and neither pads nor drops them. :attr:`max_batch_size` is the size asked for."""
+        self._fit_to_shard()  # Accelerate reads it when it wraps this sampler, before any iteration
         return self.max_batch_size if self._uniform_size else None
 
     # -- epoch -----------------------------------------------------------------------------
@@ -390,12 +401,16 @@ class MidasBatchSampler(Sampler[list[int]]):
         return list(self._bounds_cache)
 
     def __len__(self) -> int:
+        self._fit_to_shard()
+        return len(self._bounds_cache)
+
+    def _fit_to_shard(self) -> None:
+        """Order the batches for the Accelerate shard wrapper reading ``len`` or ``batch_size``."""
         wrapper = _sharding_wrapper()
         if wrapper is not None and wrapper[0] == "shard" and self.num_replicas == 1:
             num_shards = self.fixed_num_shards or int(getattr(wrapper[1], "num_processes", 1))
             if num_shards != self.num_shards:
                 self._set_bounds(num_shards)
-        return len(self._bounds_cache)
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -499,8 +514,9 @@ class DistributedMidasBatchSampler(MidasBatchSampler):
 
     The same global plan on every rank, each rank yielding its disjoint share, with the
     same number of batches on every rank. ``num_replicas`` and ``rank`` default to
-    ``torch.distributed``'s world size and rank. Do not give it to Lightning or Accelerate,
-    which would shard it again (docs/feedback.md says which sampler goes where).
+    ``torch.distributed``'s world size and rank. Do not give it to Accelerate, which would
+    shard it again (docs/feedback.md says which sampler goes where); Lightning accepts it when
+    its ranks agree, but the global sampler is all Lightning needs.
     """
 
     def __init__(

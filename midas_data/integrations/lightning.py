@@ -1,0 +1,252 @@
+"""PyTorch Lightning: ``MidasCallback`` (extra ``midas-data[lightning]``).
+
+The user's side, on top of a joint-training LightningModule::
+
+    def training_step(self, batch, batch_idx):
+        return midas_step(self.objective, self.net, batch)     # {"loss": ..., "midas": diagnostics}
+
+    def train_dataloader(self):
+        return midas_loader(dataset, ("audio", "video"), batch_size=64, stats=self.table)
+
+    trainer = Trainer(..., callbacks=[MidasCallback()])
+
+What Lightning does already: with its default ``use_distributed_sampler=True`` it re-creates
+the MIDAS batch sampler with its ``DistributedSampler``, whose ranks split the global plan
+once (see ``MidasBatchSampler(sampler=...)``), and it calls ``set_epoch`` on
+``batch_sampler.sampler``, which reaches the MIDAS sampler. What the callback adds: the
+objective's epoch, the per-sample statistics written back to the stats table (all-gathered
+across ranks, so every rank plans the same epochs), alpha, confidences and misaligned-row
+counts through ``pl_module.log``, and the MIDAS state in Lightning's checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.batch import MidasBatch
+from ..distributed import world_size
+from ..feedback.sampler import MidasBatchSampler
+from ..feedback.stats import StatsTable
+from ..feedback.sync import sync_stats
+from ..objective import MidasObjective
+from .step import midas_loss
+
+__all__ = ["MidasCallback", "midas_step"]
+
+_STATE_FORMAT = "midas_data.MidasCallback/1"
+_RETURN_HINT = (
+    "training_step must return {'loss': loss, 'midas': diagnostics} with (loss, diagnostics) = objective(...), "
+    "or simply `return midas_step(self.objective, self.net, batch)`"
+)
+
+
+def midas_step(objective: MidasObjective, model: torch.nn.Module, batch: MidasBatch) -> dict[str, Any]:
+    """What a LightningModule's ``training_step`` returns for MIDAS: ``{"loss", "midas"}``.
+
+    Runs ``model`` on the batch, checks its output against the model protocol and computes
+    the objective; ``MidasCallback`` reads the diagnostics from ``outputs["midas"]``.
+    """
+    loss, diagnostics = midas_loss(objective, model, batch)
+    return {"loss": loss, "midas": diagnostics}
+
+
+class MidasCallback(pl.Callback):
+    """Epochs, feedback, logging and checkpoints of MIDAS training under Lightning.
+
+    Args:
+        objective: the :class:`MidasObjective`; ``None`` finds the one attribute of the
+            LightningModule that is one.
+        stats: the :class:`StatsTable` to write per-sample statistics to; ``None`` uses the
+            train loader's (``midas_loader(..., stats=table)``), and without one nothing is
+            written back.
+        log_prefix: prefix of the logged names (``midas/alpha_audio``, ...).
+        sync_stats: all-gather statistics across ranks before writing them (keep it on under
+            DDP: the sampler's plans need identical tables on every rank).
+
+    Logged every step (``on_step=True``, rank 0's values for per-rank quantities): alpha per
+    modality after the step's update, mean unimodal confidence per modality, mean confidence share per modality of
+    the misaligned rows, the number of misaligned rows, ``loss_mis`` and ``warmup``.
+
+    Checkpoints hold the objective (alpha, epoch), the stats table and the sampler's
+    position. On resume the sampler continues the saved epoch at the batch after the last
+    one trained, unless the loader is stateful (torchdata's ``StatefulDataLoader``), whose
+    state Lightning restores itself.
+    """
+
+    def __init__(
+        self,
+        objective: MidasObjective | None = None,
+        stats: StatsTable | None = None,
+        *,
+        log_prefix: str = "midas/",
+        sync_stats: bool = True,
+    ) -> None:
+        super().__init__()
+        self.objective = objective
+        self.stats = stats
+        self.log_prefix = log_prefix
+        self.sync = sync_stats
+        self.sampler: MidasBatchSampler | None = None
+        self._batches_in_epoch = 0
+        self._resumed_epoch: int | None = None  # the epoch a restored state continues in the middle
+        self._stateful_loader = False
+        self._pending: dict[str, Any] | None = None
+
+    # -- finding the parts -----------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.objective is None:
+            found = [v for v in vars(pl_module).values() if isinstance(v, MidasObjective)]
+            if len(found) != 1:
+                raise ValueError(
+                    f"MidasCallback: the LightningModule has {len(found)} MidasObjective attributes; pass "
+                    "MidasCallback(objective=...) to say which one"
+                )
+            self.objective = found[0]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loader = _midas_loader_of(trainer.train_dataloader)
+        sampler = loader.batch_sampler
+        assert isinstance(sampler, MidasBatchSampler)
+        if world_size() > 1 and sampler.num_replicas == 1:
+            raise ValueError(
+                f"MidasCallback: {world_size()} ranks iterate the global MIDAS sampler unsharded, so every rank would "
+                "train on every sample. Keep Lightning's default Trainer(use_distributed_sampler=True), which shards "
+                "it, or build the loader with midas_loader(..., num_replicas=world_size, rank=rank)"
+            )
+        self.sampler = sampler
+        if self.stats is None:
+            self.stats = sampler.stats
+        self._stateful_loader = callable(getattr(loader, "state_dict", None))
+        if self._pending is not None:
+            self._restore(self._pending)
+            self._pending = None
+
+    # -- every epoch and step --------------------------------------------------------------
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.objective is not None
+        self.objective.set_epoch(trainer.current_epoch)
+        # Lightning skips this hook when it restarts an epoch in the middle; the restored count
+        # of batches trained before the checkpoint stands then.
+        if self._resumed_epoch != trainer.current_epoch:
+            self._batches_in_epoch = 0
+        self._resumed_epoch = None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._batches_in_epoch += 1
+        self._resumed_epoch = None
+        if outputs is None or (isinstance(outputs, Mapping) and not outputs):
+            return  # training_step returned None: Lightning skipped this batch
+        diagnostics = _diagnostics_of(outputs)
+        if not isinstance(batch, MidasBatch):
+            raise TypeError(f"MidasCallback: the train batch is a {type(batch).__name__}, not a MidasBatch")
+        if self.stats is not None:
+            per_sample, step = diagnostics["per_sample"], trainer.global_step
+            if self.sync:
+                # The same fixed capacity on every rank (the sampler's batches grow by at most two
+                # rows) spares a size exchange, a host synchronisation under NCCL, every step.
+                capacity = None if self.sampler is None else self.sampler.max_batch_size + 2
+                sync_stats(self.stats, batch.ids, per_sample, step=step, capacity=capacity)
+            else:
+                self.stats.update(batch.ids, per_sample, step=step)
+        pl_module.log_dict(
+            self._metrics(diagnostics), on_step=True, on_epoch=False, prog_bar=False, batch_size=len(batch)
+        )
+
+    def _metrics(self, diagnostics: Mapping[str, Any]) -> dict[str, Any]:
+        assert self.objective is not None
+        prefix, names = self.log_prefix, self.objective.modalities
+        metrics: dict[str, Any] = {
+            f"{prefix}num_misaligned": float(diagnostics.get("num_misaligned", 0)),
+            f"{prefix}warmup": float(bool(diagnostics.get("warmup", False))),
+        }
+        # alpha as the controller holds it after this step's update (one value on every rank).
+        alpha = self.objective.alpha.detach().clone()
+        metrics.update({f"{prefix}alpha_{m}": alpha[i] for i, m in enumerate(names)})
+        for key, label in (("confidence", "confidence"), ("confidence_share", "share")):
+            values = diagnostics.get(key)
+            if isinstance(values, torch.Tensor) and values.numel() == len(names):
+                metrics.update({f"{prefix}{label}_{m}": values[i] for i, m in enumerate(names)})
+        if isinstance(diagnostics.get("loss_mis"), torch.Tensor):
+            metrics[f"{prefix}loss_mis"] = diagnostics["loss_mis"]
+        return metrics
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"format": _STATE_FORMAT}
+        if self.objective is not None:
+            state["objective"] = self.objective.state_dict()
+        if self.stats is not None:
+            state["stats"] = self.stats.state_dict()
+        if self.sampler is not None and not self._stateful_loader:
+            state["sampler"] = _trained_position(self.sampler, self._batches_in_epoch)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("format") != _STATE_FORMAT:
+            raise ValueError(
+                f"MidasCallback state: expected format {_STATE_FORMAT!r}, got {state_dict.get('format')!r}"
+            )
+        # Lightning restores callbacks before it builds the train loader: apply at train start.
+        self._pending = dict(state_dict)
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        if "objective" in state:
+            assert self.objective is not None
+            self.objective.load_state_dict(state["objective"])
+        if "stats" in state:
+            if self.stats is None:
+                raise ValueError("MidasCallback: the checkpoint holds a stats table but this run has none")
+            self.stats.load_state_dict(state["stats"])
+        if "sampler" in state and self.sampler is not None and not self._stateful_loader:
+            self.sampler.load_state_dict(state["sampler"])
+            self._resumed_epoch = int(state["sampler"]["epoch"])
+            self._batches_in_epoch = int(state["sampler"]["yielded"])
+
+
+def _diagnostics_of(outputs: Any) -> Mapping[str, Any]:
+    """The objective's diagnostics in what ``training_step`` returned."""
+    if isinstance(outputs, Mapping):
+        if isinstance(outputs.get("midas"), Mapping):
+            return outputs["midas"]
+        if "per_sample" in outputs:
+            return outputs
+    got = type(outputs).__name__ if not isinstance(outputs, Mapping) else f"a dict with keys {list(outputs)}"
+    raise TypeError(f"MidasCallback: training_step returned {got}; {_RETURN_HINT}")
+
+
+def _midas_loader_of(loaders: Any) -> DataLoader:
+    """The one train DataLoader whose batch sampler is a :class:`MidasBatchSampler`."""
+    if isinstance(loaders, DataLoader):
+        candidates = [loaders]
+    elif isinstance(loaders, Mapping):
+        candidates = list(loaders.values())
+    elif isinstance(loaders, Sequence):
+        candidates = list(loaders)
+    else:
+        candidates = []
+    found = [dl for dl in candidates if isinstance(getattr(dl, "batch_sampler", None), MidasBatchSampler)]
+    if len(found) != 1:
+        raise ValueError(
+            f"MidasCallback: expected one train DataLoader made by midas_loader (a MidasBatchSampler as its "
+            f"batch_sampler), found {len(found)}"
+        )
+    return found[0]
+
+
+def _trained_position(sampler: MidasBatchSampler, trained: int) -> dict[str, Any]:
+    """The sampler's state at the batch after the last one trained.
+
+    The sampler counts the batches it has handed out, which runs ahead of training by the
+    DataLoader's prefetch; a resume continues after the last batch trained instead.
+    """
+    state = sampler.state_dict()
+    if state["planned"] and not (state["exhausted"] and trained >= state["yielded"]):
+        state["yielded"], state["exhausted"] = trained, False
+    return state

@@ -1,0 +1,27 @@
+"""Running an example script in its own processes, as a user would, and checking its JSON line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_example(args: list[str], cwd: Path, timeout: float = 180) -> dict:
+    """The last stdout line of ``python args...`` (run from ``cwd``) as JSON."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def assert_shared_epochs(result: dict, samples: int, epochs: int) -> None:
+    """Two ranks: every sample once per epoch across them, new plans every epoch, one alpha."""
+    assert result["processes"] == 2 and result["epochs_run"] == epochs
+    assert result["each_sample_once_per_epoch"] is True
+    assert all(sum(ranks) == samples and ranks[0] == ranks[1] for ranks in result["samples_per_rank_per_epoch"])
+    assert result["distinct_epoch_plans"] == epochs
+    assert result["alpha_per_rank"][0] == result["alpha_per_rank"][1]
+    assert result["alpha_per_rank"][0] != [1.0, 1.0]  # alpha moved after warm-up

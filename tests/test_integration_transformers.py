@@ -1,0 +1,148 @@
+"""MidasTrainer with the real Hugging Face Trainer: epochs, feedback, logging, evaluation,
+gradient accumulation, checkpoints, two processes under torchrun (the example script)."""
+
+import shutil
+import socket
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+datasets = pytest.importorskip("datasets")
+
+from example_runs import ROOT, assert_shared_epochs, run_example  # noqa: E402
+
+from midas_data import LateFusionClassifier, MidasObjective, StatsTable  # noqa: E402
+from midas_data.integrations.transformers import STATE_FILE, MidasTrainer  # noqa: E402
+
+MODALITIES = ("a", "b")
+N, C = 40, 3
+
+
+def data(n: int = N, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % C
+    a = nn.functional.one_hot(labels, 4).float() * 2 + torch.randn(n, 4, generator=g)
+    b = nn.functional.one_hot(labels, 4).float() * 0.5 + torch.randn(n, 4, generator=g)
+    columns = {"a": a.numpy(), "b": b.numpy(), "label": labels.numpy(), "note": [f"row {i}" for i in range(n)]}
+    return datasets.Dataset.from_dict(columns).with_format("torch")
+
+
+def model() -> LateFusionClassifier:
+    torch.manual_seed(0)
+    return LateFusionClassifier({m: nn.Linear(4, 8) for m in MODALITIES}, {m: 8 for m in MODALITIES}, C)
+
+
+class Recording(MidasTrainer):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.seen.append((inputs.epoch, inputs.ids.tolist(), inputs.plan.tolist()))
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def trainer(out, *, epochs=3, net=None, policy="uniform", **args) -> Recording:
+    objective = MidasObjective(C, MODALITIES, warmup_epochs=1)
+    training = transformers.TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        num_train_epochs=epochs,
+        learning_rate=0.05,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        **{"logging_steps": 1, "save_strategy": "no", **args},
+    )
+    made = Recording(
+        model=net or model(),
+        args=training,
+        train_dataset=data(),
+        eval_dataset=data(30, seed=1),
+        compute_metrics=lambda p: {"accuracy": float((np.argmax(p.predictions, 1) == p.label_ids).mean())},
+        objective=objective,
+        stats=StatsTable(N, MODALITIES),
+        midas_loader_kwargs={"policy": policy},
+    )
+    made.seen = []
+    return made
+
+
+def run(t: Recording, **kwargs) -> Recording:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.train(**kwargs)
+    return t
+
+
+def test_training_feedback_logging_and_evaluation_in_one_process(tmp_path):
+    t = run(trainer(tmp_path))
+    epochs = [e for e, _, _ in t.seen]
+    assert epochs == sorted(epochs) and set(epochs) == {0, 1, 2}
+    orders = []
+    for epoch in range(3):
+        ids = [i for e, batch, _ in t.seen if e == epoch for i in batch]
+        assert sorted(ids) == list(range(N))  # every sample once per epoch
+        orders.append(ids)
+    assert orders[0] != orders[1] != orders[2]
+    assert t.objective.epoch == 2
+    assert bool((t.stats.last_step >= 0).all()) and not torch.isnan(t.stats.similarity).any()
+    logged = [entry for entry in t.state.log_history if "midas/alpha_a" in entry]
+    assert logged and logged[-1]["midas/num_misaligned"] > 0 and "midas/share_b" in logged[-1]
+    assert [logged[-1]["midas/alpha_a"], logged[-1]["midas/alpha_b"]] == t.objective.alpha.tolist()
+    # Evaluation is the Trainer's own path; remove_unused_columns (on by default) kept the modalities.
+    metrics = t.evaluate()
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and np.isfinite(metrics["eval_loss"])
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    t = run(trainer(tmp_path, epochs=1, gradient_accumulation_steps=2))
+    assert len(t.seen) == 5 and t.state.global_step == 3  # 5 batches: steps of 2, 2 and 1
+
+
+def test_a_checkpoint_resumes_midas_exactly(tmp_path):
+    straight = run(trainer(tmp_path / "straight", policy="hard"))
+    # A checkpoint in the middle of the third epoch (5 steps an epoch).
+    first = run(trainer(tmp_path / "first", policy="hard", save_strategy="steps", save_steps=12))
+    checkpoint = tmp_path / "first" / "checkpoint-12"
+    assert (checkpoint / STATE_FILE).is_file()
+    shutil.rmtree(tmp_path / "first" / "checkpoint-15", ignore_errors=True)
+    resumed = run(trainer(tmp_path / "first", policy="hard"), resume_from_checkpoint=True)
+    assert resumed.seen == straight.seen[12:]  # the same ids and pair plans after the checkpoint
+    assert torch.equal(resumed.objective.alpha, straight.objective.alpha)
+    assert torch.allclose(resumed.stats.values, straight.stats.values, rtol=0, atol=0, equal_nan=True)
+    assert first.state.global_step == resumed.state.global_step == 15
+
+
+class LogitsOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = model()
+
+    def forward(self, inputs):
+        return self.net(inputs).fusion_logits
+
+
+def test_a_model_off_the_protocol_gets_an_error_naming_what_is_missing(tmp_path):
+    with pytest.raises(TypeError, match=r"returned a Tensor without \['features'.*MultimodalOutput\(features="):
+        run(trainer(tmp_path, epochs=1, net=LogitsOnly()))
+
+
+def test_resuming_from_a_checkpoint_without_midas_state_is_refused(tmp_path):
+    (tmp_path / "checkpoint-3").mkdir()
+    with pytest.raises(FileNotFoundError, match=STATE_FILE):
+        run(trainer(tmp_path), resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+
+
+def test_two_processes_under_torchrun_share_epochs_once_with_one_alpha(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    args += [str(ROOT / "examples" / "hf_trainer_train.py"), "--epochs", "3", "--samples", "100", "--batch-size", "8"]
+    # Gradient accumulation too: MIDAS's collectives run inside DDP's no_sync steps.
+    result = run_example([*args, "--gradient-accumulation-steps", "2", "--output-dir", str(tmp_path)], tmp_path)
+    assert_shared_epochs(result, samples=100, epochs=3)
+    assert result["logged_alpha"] is not None
