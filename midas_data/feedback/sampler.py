@@ -18,6 +18,7 @@ Policies (``docs/feedback.md`` has the estimators):
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from ..errors import MidasDataWarning
 from ..functional import pair_importance_weights
 from .planning import POLICIES, EpochPlan, batch_bounds, choose_weak_modality, plan_from_snapshot
 from .stats import StatsTable
@@ -44,6 +46,23 @@ _FORMAT = "midas_data.MidasBatchSampler/1"
 def shared_epoch(epoch: int = 0) -> torch.Tensor:
     """A 0-dim ``int64`` tensor in shared memory, to be created before workers start."""
     return torch.full((), epoch, dtype=torch.int64).share_memory_()
+
+
+def checked_epoch(epoch: Any, current: int) -> int:
+    """``epoch`` as an int, refusing what is not a non-negative integer, and warning when
+    it goes back: an earlier epoch repeats that epoch's order and pair plans exactly."""
+    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+        raise ValueError(f"epoch: expected a non-negative int, got {epoch!r}")
+    epoch = int(epoch)
+    if epoch < current:
+        warnings.warn(
+            f"set_epoch({epoch}) after epoch {current}: epoch {epoch}'s sample order and pair plans repeat exactly. "
+            "When resuming, load the sampler's (or the StatefulDataLoader's) state_dict, or continue the epoch count "
+            "from the checkpoint",
+            MidasDataWarning,
+            stacklevel=3,
+        )
+    return epoch
 
 
 @dataclass
@@ -158,7 +177,7 @@ class MidasBatchSampler(Sampler[list[int]]):
         return int(self.epoch_tensor)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch_tensor.fill_(int(epoch))
+        self.epoch_tensor.fill_(checked_epoch(epoch, self.epoch))
 
     # -- planning --------------------------------------------------------------------------
     def plan_epoch(self, epoch: int | None = None) -> EpochPlan:
@@ -293,7 +312,7 @@ class MidasBatchSampler(Sampler[list[int]]):
         self._resume = _Resume(
             epoch, yielded, snapshot, int(state.get("weak_modality", -1)), int(state.get("snapshot_updates", -1))
         )
-        self.set_epoch(epoch)
+        self.epoch_tensor.fill_(epoch)  # a checkpoint may take the epoch back: no warning
 
 
 class DistributedMidasBatchSampler(MidasBatchSampler):
