@@ -31,6 +31,8 @@ Key = str | int
 
 def describe(value: Any) -> str:
     """A short description of a sample's value: type, dtype and shape or length."""
+    if value is None:
+        return "None"
     if isinstance(value, (torch.Tensor, np.ndarray)):
         return f"a {type(value).__name__} of dtype {value.dtype} and shape {tuple(value.shape)}"
     if isinstance(value, (list, tuple)):
