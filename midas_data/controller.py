@@ -7,7 +7,9 @@ gap between how much the unimodal heads trust that modality (``c~``) and how muc
 fusion head does (``q``). Nothing else changes and alpha is never reset between epochs.
 
 All updates are tensor operations on the device of the statistics, so a training step on
-a GPU never waits for the host.
+a GPU never waits for the host. Under ``torch.distributed`` the per-step statistic is summed
+over the ranks with one all-reduce before the update, so every rank takes the same step and
+holds the same alpha (a no-op without a process group).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from .distributed import all_reduce_sum
 
 __all__ = ["WeakModalityController", "VARIANTS"]
 
@@ -35,6 +39,11 @@ class WeakModalityController:
             to whichever modality is weak in the current batch (by the ratio of batch means
             of raw unimodal confidences), moved by comparing that ratio with the fusion
             head's ratio of mean probabilities on the two source classes.
+        sync: sum the per-step statistic over the ranks of ``process_group`` (default: the
+            whole world) when ``torch.distributed`` is initialised, so alpha is one value
+            across ranks. Every rank must then call :meth:`update` at every step (with
+            zero rows where it has none), as the objective does.
+        process_group: the group to reduce over; ``None`` is the default group.
     """
 
     def __init__(
@@ -43,6 +52,9 @@ class WeakModalityController:
         eta: float = 0.05,
         alpha_max: float | None = 10.0,
         variant: str = "paper",
+        *,
+        sync: bool = True,
+        process_group: object | None = None,
     ) -> None:
         if num_modalities < 2:
             raise ValueError(f"num_modalities: expected at least 2, got {num_modalities}")
@@ -58,6 +70,8 @@ class WeakModalityController:
         self.eta = float(eta)
         self.alpha_max = None if alpha_max is None else float(alpha_max)
         self.variant = variant
+        self.sync = sync
+        self.process_group = process_group
         # Paper: one weight per modality. Reference: one scalar, kept in slot 0.
         self._alpha = torch.ones(num_modalities if variant == "paper" else 1)
         # The modality the scalar alpha currently applies to (reference variant).
@@ -136,7 +150,8 @@ class WeakModalityController:
                 label ``[B, M]`` (reference variant only).
             fusion_source_probs: fusion probabilities of the misaligned rows on each
                 component's source class ``[K, M]`` (reference variant only).
-        A batch with no misaligned rows leaves alpha unchanged.
+        A batch with no misaligned rows leaves alpha unchanged (on every rank: the step
+        follows the rows of all ranks together).
         """
         if shares.shape != fusion_ratio.shape or shares.dim() != 2 or shares.shape[1] != self.num_modalities:
             raise ValueError(
@@ -145,27 +160,43 @@ class WeakModalityController:
             )
         if self._alpha.device != shares.device:
             self.to(shares.device)
-        if shares.shape[0] == 0:
-            return self.alpha
         if self.variant == "paper":
-            weak = self.weak_modality(shares)
-            gap = (shares[:, weak] - fusion_ratio[:, weak]).mean()
-            step = torch.zeros_like(self._alpha).scatter(0, weak.view(1), (self.eta * torch.sign(gap)).view(1))
+            # Sums over the misaligned rows; the means' argmin and sign are the sums'.
+            totals = self._reduce(
+                torch.cat([shares.sum(dim=0), (shares - fusion_ratio).sum(dim=0), shares.new_full((1,), len(shares))])
+            )
+            m = self.num_modalities
+            weak = totals[:m].argmin()
+            direction = torch.sign(totals[m : 2 * m][weak]) * (totals[-1] > 0)
+            step = torch.zeros_like(self._alpha).scatter(0, weak.view(1), (self.eta * direction).view(1))
             self._alpha = self._clip(self._alpha + step)
             return self.alpha
         if aligned_confidences is None or fusion_source_probs is None:
             raise ValueError("variant='reference' needs aligned_confidences and fusion_source_probs")
-        # Ratio of batch means, modality 0 over modality 1, as in the authors' code.
-        uni_ratio = aligned_confidences[:, 0].mean() / aligned_confidences[:, 1].mean().clamp_min(1e-12)
-        fused_ratio = fusion_source_probs[:, 0].mean() / fusion_source_probs[:, 1].mean().clamp_min(1e-12)
+        # Ratios of batch means, modality 0 over modality 1, as in the authors' code (the
+        # counts cancel, so sums serve).
+        totals = self._reduce(
+            torch.cat(
+                [
+                    aligned_confidences.sum(dim=0).to(shares.dtype),
+                    fusion_source_probs.sum(dim=0).to(shares.dtype),
+                    shares.new_full((1,), len(shares)),
+                ]
+            )
+        )
+        uni_ratio = totals[0] / totals[1].clamp_min(1e-12)
+        fused_ratio = totals[2] / totals[3].clamp_min(1e-12)
         first_strong = uni_ratio > 1
         # Alpha grows when the fusion head leans further towards the strong modality than
         # the unimodal heads do.
         leans_strong = torch.where(first_strong, fused_ratio > uni_ratio, fused_ratio < uni_ratio)
-        self._weak = first_strong.long()
-        step = torch.where(leans_strong, self.eta, -self.eta)
+        step = torch.where(leans_strong, self.eta, -self.eta) * (totals[-1] > 0)
+        self._weak = torch.where(totals[-1] > 0, first_strong.long(), self._weak)
         self._alpha = self._clip(self._alpha + step)
         return self.alpha
+
+    def _reduce(self, totals: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(totals, self.process_group) if self.sync else totals
 
     def _clip(self, alpha: torch.Tensor) -> torch.Tensor:
         return alpha.clamp(min=1.0, max=self.alpha_max)

@@ -48,8 +48,9 @@ def midas_loader(
 
     ``loader_kwargs`` go to the DataLoader (``num_workers``, ``pin_memory``,
     ``persistent_workers``, ``prefetch_factor``, ``multiprocessing_context``...);
-    ``loader_class`` may be torchdata's ``StatefulDataLoader``. Call
-    ``set_epoch(loader, epoch)`` (or ``loader.batch_sampler.set_epoch``) before each epoch.
+    ``loader_class`` may be torchdata's ``StatefulDataLoader``. Each pass over the loader is
+    the next epoch (new order, new pair plans); ``set_epoch(loader, epoch)`` before a pass
+    chooses the epoch instead (for resume, or to follow a trainer's epoch counter).
 
     ``stats``, ``policy``, ``floor``, ``weak_modality``, ``num_replicas`` and ``rank`` go to
     :class:`MidasBatchSampler`: the prioritised policies (``"hard"``, ``"weak_modality"``,
@@ -106,7 +107,8 @@ def _check_table_order(stats: StatsTable | None, modalities: tuple[str, ...]) ->
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Set the epoch of a loader made by :func:`midas_loader` (order and pair plans)."""
+    """Use ``epoch`` for the next pass over a loader made by :func:`midas_loader` (order and
+    pair plans); without it, each pass is the epoch after the previous one."""
     sampler = getattr(loader, "batch_sampler", None)
     if not hasattr(sampler, "set_epoch"):
         raise TypeError("loader: its batch_sampler has no set_epoch; was it made by midas_loader?")

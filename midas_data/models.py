@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["MultimodalOutput", "MidasModel", "LateFusionClassifier"]
+__all__ = ["MultimodalOutput", "MidasModel", "LateFusionClassifier", "unwrap_model"]
 
 
 @dataclass
@@ -43,6 +43,25 @@ class MidasModel(Protocol):
     def __call__(self, inputs: Mapping[str, Any]) -> MultimodalOutput: ...
 
     def fuse(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+def unwrap_model(model: Any) -> Any:
+    """The user's model inside training wrappers: ``DistributedDataParallel`` and
+    ``DataParallel`` (``.module``), ``torch.compile`` (``._orig_mod``), nested in any order.
+
+    The fusion head of a DDP model may be called through the unwrapped module: its
+    parameters are the same tensors, and their gradients still reach DDP's reducer.
+    """
+    seen = 0
+    while seen < 8:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+        seen += 1
+    return model
 
 
 class LateFusionClassifier(nn.Module):

@@ -6,7 +6,9 @@
     L_total = mean_B(L_align + L_uni) + lambda * mean_K(L_mis)
 
 During the first ``warmup_epochs`` only ``L_uni`` is trained so that the unimodal
-confidences mean something before they label anything. Confidences, soft-label shares,
+confidences mean something before they label anything. The epoch is the one the batch was
+planned for (``MidasBatch.epoch``), so a loop that never calls ``set_epoch`` still leaves
+warm-up on time. Confidences, soft-label shares,
 similarities and ``q`` are constants; ``L_mis`` trains the fusion head and, through the
 recombined features, the encoders.
 """
@@ -24,8 +26,9 @@ from . import functional as MF
 from .controller import VARIANTS, WeakModalityController
 from .data.batch import MidasBatch
 from .data.diagnose import nonfinite_inputs
+from .distributed import is_distributed
 from .errors import MidasDataWarning
-from .models import MultimodalOutput
+from .models import MultimodalOutput, unwrap_model
 
 __all__ = ["MidasObjective"]
 
@@ -49,12 +52,22 @@ class MidasObjective:
         hard_sample_weighting: ablation switch; ``False`` sets every hard weight to 1.
         validate: check shapes, label range and finiteness of the logits every step. Costs
             one device synchronisation per step; turn off once a pipeline is known good.
+        follow_batch_epoch: take the epoch from each :class:`MidasBatch` (the epoch its
+            plans were drawn for) rather than from :meth:`set_epoch`. ``set_epoch`` still
+            sets the epoch for calls without a batch (``labels=``/``plan=``); a set epoch
+            that disagrees with the batch's is warned about once.
+        sync_alpha: sum the alpha controller's per-step statistic over the ranks of
+            ``torch.distributed`` (one all-reduce per step, no host synchronisation; a no-op
+            without a process group), so alpha is one value on every rank.
+        process_group: the group to sync alpha over; ``None`` is the default group.
 
     Call it with the model's output on the aligned batch and either a :class:`MidasBatch`
-    or ``labels`` and ``plan``; pass ``fuse`` (feature-level: the fusion head on recombined
-    features) or ``misaligned_logits`` (input-level: the fusion logits of the model run on
-    the materialised misaligned inputs). It returns ``(loss, diagnostics)``; diagnostics are
-    detached tensors (no host synchronisation) plus Python ints known on the host.
+    or ``labels`` and ``plan``; pass ``model`` (feature level: its ``fuse`` runs the fusion
+    head on the recombined features; DDP, DataParallel and ``torch.compile`` wrappers are
+    unwrapped), ``fuse`` (the fusion head itself) or ``misaligned_logits`` (input level:
+    the fusion logits of the model run on the materialised misaligned inputs). It returns
+    ``(loss, diagnostics)``; diagnostics are detached tensors (no host synchronisation)
+    plus Python ints known on the host.
     """
 
     def __init__(
@@ -70,6 +83,9 @@ class MidasObjective:
         weak_modality_weighting: bool = True,
         hard_sample_weighting: bool = True,
         validate: bool = True,
+        follow_batch_epoch: bool = True,
+        sync_alpha: bool = True,
+        process_group: object | None = None,
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes: expected at least 2, got {num_classes}")
@@ -88,13 +104,33 @@ class MidasObjective:
         self.weak_modality_weighting = weak_modality_weighting
         self.hard_sample_weighting = hard_sample_weighting
         self.validate = validate
-        self.controller = WeakModalityController(len(modalities), eta=eta, alpha_max=alpha_max, variant=variant)
+        self.follow_batch_epoch = follow_batch_epoch
+        self.controller = WeakModalityController(
+            len(modalities), eta=eta, alpha_max=alpha_max, variant=variant, sync=sync_alpha, process_group=process_group
+        )
         self.epoch = 0
         self._misaligned_tally = _MisalignedTally()
+        self._set_epoch: int | None = None  # the last epoch given to set_epoch
+        self._warned_epoch = False
 
     # -- state -------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        """The epoch for calls without a :class:`MidasBatch`; batches carry their own."""
+        self.epoch = self._set_epoch = int(epoch)
+
+    def _follow(self, batch: MidasBatch) -> None:
+        planned = getattr(batch, "epoch", -1)
+        if not self.follow_batch_epoch or planned < 0:
+            return
+        if self._set_epoch is not None and self._set_epoch != planned and not self._warned_epoch:
+            self._warned_epoch = True
+            warnings.warn(
+                f"MidasObjective: set_epoch({self._set_epoch}) but the batch was planned for epoch {planned}; "
+                "the objective follows the batch (the loader's epoch). Pass follow_batch_epoch=False to use "
+                "set_epoch alone",
+                stacklevel=3,
+            )
+        self.epoch = planned
 
     @property
     def in_warmup(self) -> bool:
@@ -122,6 +158,7 @@ class MidasObjective:
         plan: torch.Tensor | None = None,
         anchors: torch.Tensor | None = None,
         num_unpaired: int = 0,
+        model: torch.nn.Module | None = None,
         fuse: Fuse | None = None,
         misaligned_logits: torch.Tensor | None = None,
         sample_weights: torch.Tensor | None = None,
@@ -145,6 +182,12 @@ class MidasObjective:
                     "the plan's columns follow the loader's order: give midas_loader and MidasObjective the same "
                     "modality order"
                 )
+            self._follow(batch)
+        if model is not None:
+            if fuse is not None:
+                raise ValueError("pass either model= or fuse=, not both")
+            if misaligned_logits is None:
+                fuse = _fusion_head(model)
         if labels is None:
             raise ValueError("labels: required (or pass a MidasBatch)")
         features = [output.features[m] for m in self._require(output.features, "output.features")]
@@ -179,7 +222,12 @@ class MidasObjective:
         }
         if self.in_warmup:
             self._no_misaligned(labels, diagnostics)
-            return loss_uni.mean(), diagnostics
+            loss = loss_uni.mean()
+            if is_distributed():
+                # DDP (find_unused_parameters=False) needs a gradient for every parameter,
+                # the fusion head's too: a zero one, which leaves warm-up training unchanged.
+                loss = loss + 0.0 * loss_align.sum()
+            return loss, diagnostics
         if plan is None:
             raise ValueError("plan: required after warm-up (or pass a MidasBatch)")
         batch_size = labels.shape[0]
@@ -192,6 +240,10 @@ class MidasObjective:
         if plan.shape[0] == 0:
             self._no_misaligned(labels, diagnostics)
             diagnostics["loss_mis"] = loss.new_zeros(())
+            if update_alpha and self.weak_modality_weighting:
+                # Other ranks may have misaligned rows: take part in alpha's step all the same.
+                empty = confidences.new_zeros((0, len(self.modalities)))
+                self.controller.update(empty, empty, aligned_confidences=confidences, fusion_source_probs=empty)
             return loss, diagnostics
 
         if anchors is None:
@@ -401,6 +453,19 @@ class _MisalignedTally:
             MidasDataWarning,
             stacklevel=4,
         )
+
+
+def _fusion_head(model: torch.nn.Module) -> Fuse:
+    """``model.fuse`` through DDP / DataParallel / ``torch.compile`` wrappers, or a clear error."""
+    inner = unwrap_model(model)
+    fuse = getattr(inner, "fuse", None)
+    if not callable(fuse):
+        raise TypeError(
+            f"model: {type(inner).__name__} has no fuse(features) -> logits method; feature-level MIDAS runs the "
+            "fusion head alone on recombined features. Give the model a fuse method (see MidasModel), pass "
+            "fuse=..., or use input-level batches and misaligned_logits=..."
+        )
+    return fuse
 
 
 def _per_anchor_means(anchors: torch.Tensor, batch_size: int, values: list[torch.Tensor]) -> list[torch.Tensor]:

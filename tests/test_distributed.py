@@ -107,6 +107,7 @@ def _rank_main(rank: int, port: int, results: str) -> None:
         out["policy"] = sampler.current_plan.policy
         torch.save(out, f"{results}/rank{rank}.pt")
     finally:
+        dist.barrier()  # every rank's last collective done before the group goes
         dist.destroy_process_group()
 
 

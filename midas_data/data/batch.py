@@ -83,6 +83,9 @@ class MidasBatch:
             gives the ``K`` recombined rows per modality (feature level: ``None``).
         num_unpaired: misaligned rows asked for but not formed (no other-class partner).
         extras: other collated keys of the items, passed through untouched.
+        epoch: the epoch the plan was drawn for (the loader's epoch when the batch was
+            built); ``-1`` when unknown. The objective follows it, so warm-up ends on time
+            even in a loop that never calls ``set_epoch``.
     """
 
     inputs: dict[str, Any]
@@ -93,6 +96,7 @@ class MidasBatch:
     input_level: bool = False
     num_unpaired: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    epoch: int = -1
     # Misaligned inputs built so far (in the worker or on first access).
     _misaligned: dict[str, Any] | None = field(default=None, repr=False)
 

@@ -168,6 +168,9 @@ class MidasCollate:
         self.rule = rule
         self.modality_collate = dict(modality_collate or {})
         self.materialize_in_worker = materialize_in_worker
+        # Without a shared epoch the batches do not know their epoch (-1): the objective
+        # then keeps the epoch it was given.
+        self._epoch_shared = epoch is not None
         self.epoch = epoch if epoch is not None else torch.zeros((), dtype=torch.int64)
 
     def __call__(self, samples: list[tuple[int, Any]]) -> MidasBatch:
@@ -182,7 +185,8 @@ class MidasCollate:
         label_list = [self._label(sid, item) for sid, item in samples]
         check_label_range(ids, label_list, self.num_classes)
         labels = torch.tensor(label_list, dtype=torch.int64)
-        generator = torch.Generator().manual_seed(plan_seed(self.seed, int(self.epoch), ids))
+        epoch = int(self.epoch)
+        generator = torch.Generator().manual_seed(plan_seed(self.seed, epoch, ids))
         plan = plan_pairs(labels, len(self.modalities), generator, self.rule)
         # In a worker, the tensor modalities that default_collate would stack go into one
         # buffer with labels, ids and plan, so that the batch crosses to the main process as
@@ -224,6 +228,7 @@ class MidasCollate:
             input_level=self.mode == "input",
             num_unpaired=plan.num_unpaired,
             extras=self._extras(samples),
+            epoch=epoch if self._epoch_shared else -1,
         )
         if batch.input_level and self.materialize_in_worker:
             batch._misaligned = batch.materialize()

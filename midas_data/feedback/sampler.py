@@ -18,6 +18,7 @@ Policies (``docs/feedback.md`` has the estimators):
 from __future__ import annotations
 
 import numbers
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from ..errors import MidasDataWarning
+from ..distributed import world_size
+from ..errors import MidasDataError, MidasDataWarning
 from ..functional import pair_importance_weights
 from .planning import POLICIES, EpochPlan, batch_bounds, choose_weak_modality, plan_from_snapshot
 from .stats import StatsTable
@@ -37,6 +39,7 @@ __all__ = [
     "EpochPlan",
     "POLICIES",
     "shared_epoch",
+    "shard_bounds",
     "pair_importance_weights",
 ]
 
@@ -63,6 +66,61 @@ def checked_epoch(epoch: Any, current: int) -> int:
             stacklevel=3,
         )
     return epoch
+
+
+def shard_bounds(num_slots: int, batch_size: int, num_shards: int, drop_last: bool = False) -> list[tuple[int, int]]:
+    """The batches of a global sampler that a framework will deal out round-robin to
+    ``num_shards`` ranks (Accelerate's batch-sampler shard gives batch ``i`` to rank
+    ``i % num_shards``): the batches of every rank under :func:`batch_bounds`, interleaved.
+
+    So every rank gets the same number of batches, every slot is used exactly once, and
+    no framework padding is needed.
+    """
+    per_rank = [batch_bounds(num_slots, batch_size, num_shards, r, drop_last) for r in range(num_shards)]
+    return [bounds for step in zip(*per_rank) for bounds in step]
+
+
+def _sharding_wrapper() -> tuple[str, Any] | None:
+    """The Accelerate wrapper iterating this sampler, if any: ``("shard", obj)`` for a
+    ``BatchSamplerShard``, ``("dispatch", obj)`` for a ``DataLoaderDispatcher``.
+
+    Accelerate gives no other sign that it wraps a batch sampler; a look at the few
+    callers above this one (once per epoch) tells.
+    """
+    frame = sys._getframe(2)
+    for _ in range(16):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if owner is not None and type(owner).__module__.startswith("accelerate"):
+            name = type(owner).__name__
+            if name == "BatchSamplerShard":
+                return "shard", owner
+            if name == "DataLoaderDispatcher":
+                return "dispatch", owner
+        frame = frame.f_back
+    return None
+
+
+class _SampleOrder(Sampler[int]):
+    """The batch sampler's epochs one index at a time: ``batch_sampler.sampler``.
+
+    Trainers look for ``set_epoch`` here (Lightning on ``batch_sampler.sampler``,
+    Accelerate on ``batch_sampler.batch_sampler.sampler``); it reaches the batch sampler.
+    """
+
+    def __init__(self, batch_sampler: MidasBatchSampler) -> None:
+        self.batch_sampler = batch_sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        for batch in self.batch_sampler:
+            yield from batch
+
+    def __len__(self) -> int:
+        return sum(end - begin for begin, end in self.batch_sampler._bounds_cache)
 
 
 @dataclass
@@ -99,6 +157,16 @@ class MidasBatchSampler(Sampler[list[int]]):
         num_replicas, rank: split every global plan into ``num_replicas`` disjoint shares
             and yield share ``rank`` (plain DDP loops). Leave at ``1, 0`` (the global
             sampler) when the framework shards batches itself (Accelerate).
+        num_shards: global sampler only: how many ranks a framework deals the batches out
+            to, round-robin. The batches are then ordered so that each rank gets exactly the
+            share the rank-aware sampler would give it: the same number of batches on every
+            rank and each sample once per epoch, with no framework padding. ``None``
+            (default): the ``torch.distributed`` world size, or Accelerate's process count
+            when Accelerate wraps this sampler.
+
+    Epochs advance by themselves: every new iteration (a new ``iter(loader)``) plans the
+    next epoch, as a shuffling ``DataLoader`` does, unless :meth:`set_epoch` was called
+    since the last one (an explicit epoch always wins: resume, Lightning, Accelerate).
 
     The plan is made when an epoch's iterator is created, from a snapshot of the stats
     table at that moment: updates made during an epoch shape the next epoch's plan.
@@ -119,6 +187,7 @@ class MidasBatchSampler(Sampler[list[int]]):
         weak_modality: str | int | None = None,
         num_replicas: int = 1,
         rank: int = 0,
+        num_shards: int | None = None,
     ) -> None:
         if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
             raise TypeError(
@@ -152,8 +221,13 @@ class MidasBatchSampler(Sampler[list[int]]):
             raise ValueError(f"num_replicas: expected a positive int, got {num_replicas!r}")
         if not (isinstance(rank, int) and 0 <= rank < num_replicas):
             raise ValueError(f"rank: expected an int in [0, {num_replicas}), got {rank!r}")
+        if num_shards is not None:
+            if not (isinstance(num_shards, int) and num_shards >= 1):
+                raise ValueError(f"num_shards: expected a positive int or None, got {num_shards!r}")
+            if num_shards > 1 and num_replicas > 1:
+                raise ValueError("num_shards: only for the global sampler (num_replicas=1); this one is split by rank")
         self.num_samples = int(num_samples)
-        self.batch_size = int(batch_size)
+        self.max_batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = int(seed)
         self.drop_last = drop_last
@@ -166,10 +240,32 @@ class MidasBatchSampler(Sampler[list[int]]):
             stats.modality_index(weak_modality)  # fail early on an unknown name
         self.num_replicas = num_replicas
         self.rank = rank
+        self.fixed_num_shards = num_shards
         self.current_plan: EpochPlan | None = None
         self._yielded = 0
         self._resume: _Resume | None = None
-        self._bounds_cache = batch_bounds(self.num_samples, self.batch_size, num_replicas, rank, drop_last)
+        self._epoch_pinned = False  # set_epoch was called since the last iteration began
+        self._iterated = False
+        self._exhausted = False  # the last iteration ran to its end
+        self._warned_unsharded = False
+        self.sampler = _SampleOrder(self)
+        self._set_bounds(self.fixed_num_shards or 1)
+
+    def _set_bounds(self, num_shards: int) -> None:
+        self.num_shards = num_shards
+        if num_shards > 1:
+            bounds = shard_bounds(self.num_samples, self.max_batch_size, num_shards, self.drop_last)
+        else:
+            bounds = batch_bounds(self.num_samples, self.max_batch_size, self.num_replicas, self.rank, self.drop_last)
+        self._bounds_cache = bounds
+        self._uniform_size = {end - begin for begin, end in bounds} == {self.max_batch_size}
+
+    @property
+    def batch_size(self) -> int | None:
+        """The size of every batch, or ``None`` when sizes vary (a smaller last batch, a
+        folded tail). Frameworks read it: Accelerate treats ``None`` as batches of varying
+        size and neither pads nor drops them. :attr:`max_batch_size` is the size asked for."""
+        return self.max_batch_size if self._uniform_size else None
 
     # -- epoch -----------------------------------------------------------------------------
     @property
@@ -177,7 +273,9 @@ class MidasBatchSampler(Sampler[list[int]]):
         return int(self.epoch_tensor)
 
     def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch`` for the next iteration (otherwise the next iteration advances by one)."""
         self.epoch_tensor.fill_(checked_epoch(epoch, self.epoch))
+        self._epoch_pinned = True
 
     # -- planning --------------------------------------------------------------------------
     def plan_epoch(self, epoch: int | None = None) -> EpochPlan:
@@ -219,9 +317,24 @@ class MidasBatchSampler(Sampler[list[int]]):
 
     # -- iteration -------------------------------------------------------------------------
     def __iter__(self) -> Iterator[list[int]]:
-        epoch, resume, self._resume = self.epoch, self._resume, None
+        self._check_wrapper()
+        return self._epoch()
+
+    def _epoch(self) -> Iterator[list[int]]:
+        # The epoch is chosen when the first batch is asked for, not when the iterator is
+        # made: a DataLoader makes (and drops) an extra iterator when it starts workers,
+        # torchdata another one when it restores a state.
+        resume, self._resume = self._resume, None
+        if resume is not None and self._epoch_pinned and self.epoch != resume.epoch:
+            resume = None  # set_epoch chose another epoch: the saved position is moot
+        if resume is not None:
+            self.epoch_tensor.fill_(resume.epoch)
+        elif self._iterated and not self._epoch_pinned:
+            self.epoch_tensor.add_(1)
+        self._iterated, self._epoch_pinned, self._exhausted = True, False, False
+        epoch = self.epoch
         start = 0
-        if resume is not None and resume.epoch == epoch:
+        if resume is not None:
             plan = plan_from_snapshot(
                 self.num_samples,
                 epoch,
@@ -238,7 +351,50 @@ class MidasBatchSampler(Sampler[list[int]]):
             plan = self.plan_epoch(epoch)
         self.current_plan = plan
         self._yielded = start
-        return self._batches(plan.order, start)
+        yield from self._batches(plan.order, start)
+        self._exhausted = True
+
+    def _check_wrapper(self) -> None:
+        """Fit the batches to an Accelerate wrapper, or refuse one that cannot work."""
+        wrapper = _sharding_wrapper()
+        if wrapper is not None and wrapper[0] == "dispatch":
+            raise MidasDataError(
+                "Accelerate dispatch_batches=True: process 0 would concatenate the MidasBatch objects of several "
+                "batches and slice them across ranks, which breaks their pair plans. Use "
+                "Accelerator(dataloader_config=DataLoaderConfiguration(dispatch_batches=False)) (the default for "
+                "map-style datasets): every rank then builds its own batches"
+            )
+        if wrapper is not None:
+            shard = wrapper[1]
+            if self.num_replicas > 1:
+                raise MidasDataError(
+                    f"{type(self).__name__} with num_replicas={self.num_replicas} is already split by rank, and "
+                    "Accelerate's prepare() splits its batches again (each rank would see 1/N of its share). Give "
+                    "Accelerate the global sampler: midas_loader(...) without num_replicas/rank"
+                )
+            if getattr(shard, "split_batches", False):
+                raise MidasDataError(
+                    "Accelerate split_batches=True cuts each MidasBatch's index list across ranks after it was "
+                    "planned; use split_batches=False (the default): each rank then gets whole batches"
+                )
+            num_shards = self.fixed_num_shards or int(getattr(shard, "num_processes", 1))
+        else:
+            num_shards = self.fixed_num_shards or 1
+            if self.num_replicas == 1 and world_size() > 1 and self.fixed_num_shards is None:
+                # A global sampler iterated directly on several ranks: each rank sees every
+                # sample, unless something else shards the batches. Order for the world anyway.
+                num_shards = world_size()
+                if not self._warned_unsharded:
+                    self._warned_unsharded = True
+                    warnings.warn(
+                        "MidasBatchSampler: the global sampler (num_replicas=1) is iterated directly on "
+                        f"{num_shards} ranks, so every rank sees every sample. In a plain DDP loop pass "
+                        "num_replicas= and rank= to midas_loader (or use DistributedMidasBatchSampler); under "
+                        "Accelerate, prepare() the loader",
+                        stacklevel=3,
+                    )
+        if num_shards != self.num_shards:
+            self._set_bounds(num_shards)
 
     def _batches(self, order: torch.Tensor, start: int) -> Iterator[list[int]]:
         for begin, end in self._bounds_cache[start:]:
@@ -250,6 +406,11 @@ class MidasBatchSampler(Sampler[list[int]]):
         return list(self._bounds_cache)
 
     def __len__(self) -> int:
+        wrapper = _sharding_wrapper()
+        if wrapper is not None and wrapper[0] == "shard" and self.num_replicas == 1:
+            num_shards = self.fixed_num_shards or int(getattr(wrapper[1], "num_processes", 1))
+            if num_shards != self.num_shards:
+                self._set_bounds(num_shards)
         return len(self._bounds_cache)
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -265,12 +426,14 @@ class MidasBatchSampler(Sampler[list[int]]):
             "epoch": self.epoch if plan is None else plan.epoch,
             "yielded": self._yielded if plan is not None else 0,
             "planned": plan is not None,
+            "exhausted": self._exhausted,
             "snapshot": None if plan is None else plan.snapshot,
             "weak_modality": -1 if plan is None else plan.weak_modality,
             "snapshot_updates": -1 if plan is None else plan.snapshot_updates,
             "num_samples": self.num_samples,
-            "batch_size": self.batch_size,
+            "batch_size": self.max_batch_size,
             "num_replicas": self.num_replicas,
+            "num_shards": self.num_shards,
             "drop_last": self.drop_last,
             "shuffle": self.shuffle,
             "seed": self.seed,
@@ -282,19 +445,38 @@ class MidasBatchSampler(Sampler[list[int]]):
         """Resume where :meth:`state_dict` was taken: the next iterator yields exactly the
         batches an uninterrupted run would have yielded after it.
 
-        The epoch is restored too (the pair plans of the collate step depend on it), unless
-        the saved epoch had been completed: then nothing is pending and the next epoch is
-        whatever :meth:`set_epoch` says. A later ``set_epoch`` to another epoch discards the
-        pending position.
+        The epoch is restored too (the pair plans of the collate step depend on it). At an
+        epoch boundary it behaves as torchdata's ``StatefulDataLoader`` does with its own
+        samplers: a state taken after the last batch but before the iterator ended resumes
+        with an empty iteration (the rest of that epoch), a state taken after the end resumes
+        with the next epoch. ``set_epoch`` to another epoch, before or after (torchdata
+        applies a loaded state lazily, at the next ``iter``), discards the saved position.
+
+        The state must come from the same dataset size, batch size, seed, policy and world
+        size (ranks, or Accelerate processes); anything else raises ``ValueError``. To go on
+        with another world size, load the stats table and the objective only and start the
+        next epoch with ``set_epoch(saved_epoch + 1)`` (see docs/distributed.md).
         """
         if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
             got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(f"state['format']: expected {_FORMAT!r} (a MidasBatchSampler.state_dict()), got {got!r}")
-        for key in ("num_samples", "batch_size", "num_replicas", "drop_last", "shuffle", "seed", "policy", "floor"):
-            if state.get(key) != getattr(self, key):
+        mine = {
+            "num_samples": self.num_samples,
+            "batch_size": self.max_batch_size,
+            "num_replicas": self.num_replicas,
+            "num_shards": self.fixed_num_shards or (world_size() if self.num_replicas == 1 else 1),
+            "drop_last": self.drop_last,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+            "policy": self.policy,
+            "floor": self.floor,
+        }
+        for key, value in mine.items():
+            if state.get(key, 1 if key == "num_shards" else None) != value:
                 raise ValueError(
-                    f"state[{key!r}]: the checkpoint has {state.get(key)!r}, this sampler {getattr(self, key)!r}; "
-                    "exact resume needs the same dataset, batch size, world size, seed and policy"
+                    f"state[{key!r}]: the checkpoint has {state.get(key)!r}, this sampler {value!r}; "
+                    "exact resume needs the same dataset, batch size, world size, seed and policy (for another "
+                    "world size, restore the stats table and objective only and set_epoch(saved_epoch + 1))"
                 )
         epoch, yielded = state.get("epoch"), state.get("yielded")
         if not isinstance(epoch, int) or not isinstance(yielded, int) or yielded < 0:
@@ -307,12 +489,27 @@ class MidasBatchSampler(Sampler[list[int]]):
         ):
             raise ValueError(f"state['snapshot']: expected None or a float tensor of shape [{self.num_samples}]")
         self._resume = None
-        if not state.get("planned") or yielded >= len(self):
+        self._set_bounds(mine["num_shards"])
+        if self._epoch_pinned and self.epoch != epoch:
+            return  # set_epoch already chose another epoch (torchdata applies a state lazily)
+        if not state.get("planned"):
+            # As set_epoch, but a checkpoint may take the epoch back: no warning.
+            self.epoch_tensor.fill_(epoch)
+            self._epoch_pinned = True
+            return
+        # An epoch was under way (or complete): the next iteration continues it, without
+        # advancing; the one after it advances.
+        self.epoch_tensor.fill_(epoch)
+        self._iterated, self._epoch_pinned = True, False
+        if state.get("exhausted"):
             return
         self._resume = _Resume(
-            epoch, yielded, snapshot, int(state.get("weak_modality", -1)), int(state.get("snapshot_updates", -1))
+            epoch,
+            min(yielded, len(self._bounds_cache)),
+            snapshot,
+            int(state.get("weak_modality", -1)),
+            int(state.get("snapshot_updates", -1)),
         )
-        self.epoch_tensor.fill_(epoch)  # a checkpoint may take the epoch back: no warning
 
 
 class DistributedMidasBatchSampler(MidasBatchSampler):

@@ -16,25 +16,11 @@ from collections.abc import Mapping
 
 import torch
 
-from .stats import StatsTable, as_id_tensor, pack_statistics
+from ..distributed import collective_device, is_distributed
+from .columns import as_id_tensor, pack_statistics
+from .stats import StatsTable
 
 __all__ = ["is_distributed", "all_gather_rows", "sync_stats"]
-
-
-def is_distributed(group: object | None = None) -> bool:
-    """Whether a process group with more than one rank is initialised."""
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
-
-
-def _collective_device(group: object | None, like: torch.Tensor) -> torch.device:
-    import torch.distributed as dist
-
-    if dist.get_backend(group) == "nccl":
-        # NCCL moves CUDA tensors only.
-        return torch.device("cuda", torch.cuda.current_device())
-    return like.device
 
 
 def all_gather_rows(
@@ -64,7 +50,7 @@ def all_gather_rows(
     import torch.distributed as dist
 
     world = dist.get_world_size(group)
-    device = _collective_device(group, values)
+    device = collective_device(group, values)
     ids, values = ids.to(device), values.to(device)
     rows = ids.shape[0]
     sizes: list[int] | None = None

@@ -1,0 +1,241 @@
+"""Epochs, wrappers and resume in one process: epochs advance by themselves, an explicit
+epoch wins, the objective follows the batch's epoch, the fusion head is reached through
+wrappers, and a resumed loader behaves as torchdata's own at an epoch boundary."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+from many_processes import MODALITIES, NUM_CLASSES, SyntheticPairs, make_model
+from torch import nn
+
+from midas_data import MidasObjective, midas_loader, set_epoch
+from midas_data.feedback.planning import batch_bounds
+from midas_data.feedback.sampler import MidasBatchSampler, shard_bounds
+from midas_data.models import unwrap_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")
+
+
+def train(explicit_epochs: bool, epochs: int = 3, num_workers: int = 0):
+    """The README loop, with or without the set_epoch calls."""
+    dataset = SyntheticPairs()
+    model = make_model(seed=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = midas_loader(dataset, MODALITIES, batch_size=16, seed=2, num_workers=num_workers)
+    objective = MidasObjective(NUM_CLASSES, MODALITIES, warmup_epochs=1)
+    record = []
+    for epoch in range(epochs):
+        if explicit_epochs:
+            set_epoch(loader, epoch)
+            objective.set_epoch(epoch)
+        for batch in loader:
+            loss, info = objective(model(batch.inputs), batch, model=model)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            record.append(
+                (epoch, batch.epoch, batch.ids.tolist(), batch.plan.tolist(), loss.item(), info["num_misaligned"])
+            )
+    return record, objective.alpha.tolist()
+
+
+def test_a_loop_without_set_epoch_trains_the_same_as_one_with_it():
+    with_calls, alpha_with = train(explicit_epochs=True)
+    without, alpha_without = train(explicit_epochs=False)
+    assert without == with_calls and alpha_without == alpha_with
+    assert [r[1] for r in without] == [r[0] for r in without]  # every batch knows its epoch
+    assert all(r[5] == 0 for r in without if r[0] == 0) and any(r[5] > 0 for r in without if r[0] == 2)
+    assert len({tuple(i for r in without if r[0] == e for i in r[2]) for e in range(3)}) == 3
+
+
+def test_workers_advance_one_epoch_per_iteration():
+    # A DataLoader with workers makes an extra sampler iterator when it starts: still one epoch.
+    serial, _ = train(explicit_epochs=False, epochs=2)
+    parallel, _ = train(explicit_epochs=False, epochs=2, num_workers=2)
+    assert [r[:4] for r in parallel] == [r[:4] for r in serial]
+
+
+def test_explicit_epoch_wins_and_iterating_again_advances():
+    sampler = MidasBatchSampler(40, 8, seed=1)
+    first = list(sampler)
+    assert sampler.epoch == 0
+    second = list(sampler)
+    assert sampler.epoch == 1 and second != first
+    sampler.set_epoch(0)
+    assert list(sampler) == first and sampler.epoch == 0
+    sampler.set_epoch(7)
+    list(sampler)
+    assert sampler.epoch == 7
+    list(sampler)
+    assert sampler.epoch == 8
+
+
+def test_an_unused_iterator_does_not_spend_an_epoch():
+    sampler = MidasBatchSampler(40, 8, seed=1)
+    iter(sampler)  # made and dropped
+    iter(sampler)
+    assert sampler.epoch == 0 and len(list(sampler)) == 5
+    assert sampler.epoch == 0
+
+
+def test_objective_follows_the_batch_epoch_and_warns_once_on_disagreement():
+    loader = midas_loader(SyntheticPairs(), MODALITIES, batch_size=16)
+    model = make_model()
+    objective = MidasObjective(NUM_CLASSES, MODALITIES, warmup_epochs=1)
+    set_epoch(loader, 3)
+    batch = next(iter(loader))
+    assert batch.epoch == 3
+    _, info = objective(model(batch.inputs), batch, model=model)
+    assert objective.epoch == 3 and info["num_misaligned"] > 0
+    objective.set_epoch(0)
+    with pytest.warns(UserWarning, match="set_epoch\\(0\\) but the batch was planned for epoch 3"):
+        objective(model(batch.inputs), batch, model=model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        objective(model(batch.inputs), batch, model=model)  # once only
+    manual = MidasObjective(NUM_CLASSES, MODALITIES, warmup_epochs=1, follow_batch_epoch=False)
+    _, info = manual(model(batch.inputs), batch, model=model)
+    assert manual.epoch == 0 and info["num_misaligned"] == 0
+
+
+def test_a_hand_built_collate_leaves_the_epoch_to_the_objective():
+    from midas_data import MidasCollate
+
+    dataset = SyntheticPairs()
+    batch = MidasCollate(MODALITIES)([(i, dataset[i]) for i in range(8)])
+    assert batch.epoch == -1
+    objective = MidasObjective(NUM_CLASSES, MODALITIES, warmup_epochs=2)
+    objective.set_epoch(2)
+    model = make_model()
+    _, info = objective(model(batch.inputs), batch, model=model)
+    assert objective.epoch == 2 and info["num_misaligned"] > 0
+
+
+def test_the_fusion_head_is_reached_through_wrappers():
+    model = make_model()
+    wrapped = nn.DataParallel(nn.DataParallel(model))
+    assert unwrap_model(wrapped) is model
+    loader = midas_loader(SyntheticPairs(), MODALITIES, batch_size=16)
+    batch = next(iter(loader))
+    objective = MidasObjective(NUM_CLASSES, MODALITIES)
+    loss_wrapped, _ = objective(wrapped(batch.inputs), batch, model=wrapped, update_alpha=False)
+    loss_plain, _ = objective(model(batch.inputs), batch, fuse=model.fuse, update_alpha=False)
+    assert torch.allclose(loss_wrapped, loss_plain)
+    with pytest.raises(TypeError, match="has no fuse\\(features\\) -> logits method"):
+        objective(model(batch.inputs), batch, model=nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="either model= or fuse="):
+        objective(model(batch.inputs), batch, model=model, fuse=model.fuse)
+
+
+# -- sharding for Accelerate -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "n,batch,shards,drop_last", [(101, 8, 2, False), (100, 8, 4, False), (37, 5, 3, True), (9, 4, 2, False)]
+)
+def test_shard_bounds_deal_each_rank_its_rank_aware_share(n, batch, shards, drop_last):
+    bounds = shard_bounds(n, batch, shards, drop_last)
+    assert len(bounds) % shards == 0
+    for rank in range(shards):
+        # Round-robin, as Accelerate's BatchSamplerShard deals them out.
+        assert bounds[rank::shards] == batch_bounds(n, batch, shards, rank, drop_last)
+    slots = sorted(i for begin, end in bounds for i in range(begin, end))
+    assert slots == list(range(len(slots))) and (drop_last or len(slots) == n)
+
+
+def test_batch_size_is_none_when_batch_sizes_vary():
+    assert MidasBatchSampler(64, 8).batch_size == 8
+    uneven = MidasBatchSampler(65, 8)
+    assert uneven.batch_size is None and uneven.max_batch_size == 8
+    assert MidasBatchSampler(65, 8, drop_last=True).batch_size == 8
+    with pytest.raises(ValueError, match="num_shards: only for the global sampler"):
+        MidasBatchSampler(64, 8, num_replicas=2, rank=0, num_shards=2)
+
+
+def test_set_epoch_reaches_the_batch_sampler_through_its_sampler():
+    # Lightning calls batch_sampler.sampler.set_epoch; Accelerate batch_sampler.batch_sampler.sampler.
+    loader = midas_loader(SyntheticPairs(), MODALITIES, batch_size=16)
+    loader.batch_sampler.sampler.set_epoch(4)
+    assert next(iter(loader)).epoch == 4
+    assert len(loader.batch_sampler.sampler) == len(SyntheticPairs())
+
+
+def test_accelerate_with_one_process_changes_nothing():
+    pytest.importorskip("accelerate")
+    from accelerate.data_loader import prepare_data_loader
+
+    loader = midas_loader(SyntheticPairs(), MODALITIES, batch_size=16, seed=9)
+    reference = [b.ids.tolist() for b in midas_loader(SyntheticPairs(), MODALITIES, batch_size=16, seed=9)]
+    prepared = prepare_data_loader(loader, num_processes=1, process_index=0, put_on_device=False)
+    assert [b.ids.tolist() for b in prepared] == reference
+
+
+# -- resume at the boundary, against torchdata's own loader ---------------------------------
+def _stateful(loader_kind: str, num_workers: int):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    if loader_kind == "midas":
+        return midas_loader(
+            SyntheticPairs(40),
+            MODALITIES,
+            batch_size=8,
+            seed=4,
+            loader_class=StatefulDataLoader,
+            num_workers=num_workers,
+        )
+    generator = torch.Generator().manual_seed(0)
+    return StatefulDataLoader(list(range(40)), batch_size=8, shuffle=True, generator=generator, num_workers=num_workers)
+
+
+def _ids(batch):
+    return batch.ids.tolist() if hasattr(batch, "ids") else batch.tolist()
+
+
+def _save(loader):
+    buffer = io.BytesIO()
+    torch.save(loader.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("finished", [False, True])
+def test_resume_at_an_epoch_boundary_matches_torchdata(num_workers, finished):
+    pytest.importorskip("torchdata.stateful_dataloader")
+    outcome = {}
+    for kind in ("torchdata", "midas"):
+        loader = _stateful(kind, num_workers)
+        epoch0 = []
+        iterator = iter(loader)
+        for _ in range(len(loader)):
+            epoch0.append(_ids(next(iterator)))  # after the last batch, before StopIteration
+        if finished:
+            assert next(iterator, None) is None
+        state = _save(loader)
+        reference = [[_ids(b) for b in loader] for _ in range(2)]
+        resumed = _stateful(kind, num_workers)
+        resumed.load_state_dict(state)
+        after = [[_ids(b) for b in resumed] for _ in range(2)]
+        outcome[kind] = [len(epoch) for epoch in after]
+        if kind == "midas":
+            if finished:  # the next epoch at once
+                assert after == reference
+            else:  # the rest of the saved epoch (nothing), then the next
+                assert after[0] == [] and after[1] == reference[0]
+    assert outcome["midas"] == outcome["torchdata"]
+
+
+def test_a_checkpoint_from_another_world_size_is_refused():
+    sampler = MidasBatchSampler(64, 8, num_replicas=2, rank=0)
+    list(sampler)
+    other = MidasBatchSampler(64, 8, num_replicas=4, rank=0)
+    with pytest.raises(
+        ValueError, match="num_replicas.*same dataset, batch size, world size.*set_epoch\\(saved_epoch \\+ 1\\)"
+    ):
+        other.load_state_dict(sampler.state_dict())
+    shards = MidasBatchSampler(64, 8, num_shards=2)
+    list(shards)
+    with pytest.raises(ValueError, match="num_shards"):
+        MidasBatchSampler(64, 8, num_shards=3).load_state_dict(shards.state_dict())
