@@ -27,7 +27,7 @@ from .controller import VARIANTS, WeakModalityController
 from .data.batch import MidasBatch
 from .data.diagnose import nonfinite_inputs
 from .distributed import is_distributed
-from .errors import MidasDataWarning
+from .errors import MidasDataError, MidasDataWarning
 from .models import MultimodalOutput, unwrap_model
 
 __all__ = ["MidasObjective"]
@@ -371,22 +371,25 @@ class MidasObjective:
         names = ["output.fusion_logits"] + [f"output.unimodal_logits[{m!r}]" for m in self.modalities]
         for name, good, lg in zip(names, finite, [fusion_logits, *uni_logits]):
             if not bool(good):
-                raise ValueError(f"{name}: contains NaN or inf{_nonfinite_culprits(lg, source)}")
-        raise ValueError(_label_range_message(labels, self.num_classes, source))
+                raise _nonfinite_error(name, lg, source)
+        raise MidasDataError(_label_range_message(labels, self.num_classes, source))
 
 
-def _nonfinite_culprits(logits: torch.Tensor, batch: MidasBatch | None) -> str:
-    """Which samples' logits are not finite and whether their inputs already were."""
+def _nonfinite_error(name: str, logits: torch.Tensor, batch: MidasBatch | None) -> ValueError:
+    """Which samples' logits are not finite and whether their inputs already were: a
+    MidasDataError when the data is to blame, else a ValueError about the model."""
     rows = (~torch.isfinite(logits.detach()).all(dim=1)).nonzero().flatten().tolist()
     if batch is None:
-        return f" in rows {rows[:8]}"
+        return ValueError(f"{name}: contains NaN or inf in rows {rows[:8]}")
     ids = batch.ids.tolist()
-    where = f" in the rows of samples {[ids[r] for r in rows[:8]]}"
+    where = f"{name}: contains NaN or inf in the rows of samples {[ids[r] for r in rows[:8]]}"
     bad_inputs = nonfinite_inputs(batch.inputs, batch.ids)
     if bad_inputs:
         found = "; ".join(f"batch.inputs[{m!r}] of samples {sids[:8]}" for m, sids in bad_inputs.items())
-        return f"{where}: the input data is not finite ({found} hold NaN or inf); clean or drop them in the dataset"
-    return f"{where}; their inputs are finite, so the model produced it (a diverged step? lower the learning rate)"
+        return MidasDataError(
+            f"{where}: the input data is not finite ({found} hold NaN or inf); clean or drop them in the dataset"
+        )
+    return ValueError(f"{where}; their inputs are finite, so the model produced it (a diverged step? lower the lr)")
 
 
 def _label_range_message(labels: torch.Tensor, num_classes: int, batch: MidasBatch | None) -> str:

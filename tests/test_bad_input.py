@@ -147,7 +147,7 @@ def test_label_out_of_range_when_num_classes_is_given(num_workers):
 def test_label_out_of_range_at_the_objective():
     batch = first_batch(Items(change=edit(6, label=NUM_CLASSES)))  # num_classes not given
     net = model()
-    with pytest.raises(ValueError, match=r"labels: sample 6 has label 4; expected class ids in \[0, 4\)\. Pass num"):
+    with pytest.raises(MidasDataError, match=r"labels: sample 6 has label 4; expected class ids in \[0, 4\)\. Pass n"):
         MidasObjective(NUM_CLASSES, MODS)(net(batch.inputs), batch, fuse=net.fuse)
 
 
@@ -296,7 +296,7 @@ def test_one_sample_batch():
 def test_nan_in_an_input():
     batch = first_batch(Items(change=edit(6, video=torch.full((2, 2), float("nan")))))
     net = model()
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(MidasDataError) as err:
         MidasObjective(NUM_CLASSES, MODS)(net(batch.inputs), batch, fuse=net.fuse)
     message = str(err.value)
     assert message.startswith("output.fusion_logits: contains NaN or inf in the rows of samples [6]")
