@@ -9,7 +9,7 @@ the package.
 from . import functional
 from .controller import WeakModalityController
 from .data import MidasBatch, MidasCollate, MidasDataset
-from .errors import MidasDataError
+from .errors import MidasDataError, MidasDataWarning
 from .feedback import (
     DistributedMidasBatchSampler,
     EpochPlan,
@@ -31,6 +31,7 @@ __all__ = [
     "MidasCollate",
     "MidasDataset",
     "MidasDataError",
+    "MidasDataWarning",
     "MidasBatchSampler",
     "DistributedMidasBatchSampler",
     "EpochPlan",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MidasDataError"]
+__all__ = ["MidasDataError", "MidasDataWarning"]
 
 
 class MidasDataError(ValueError):
@@ -12,3 +12,8 @@ class MidasDataError(ValueError):
     single message argument so that DataLoader workers can re-raise it unchanged in the
     main process.
     """
+
+
+class MidasDataWarning(UserWarning):
+    """The data is valid but MIDAS cannot do its work on (part of) it, e.g. batches whose
+    samples all share one class have no misaligned rows."""

@@ -41,6 +41,7 @@ def midas_loader(
     weak_modality: str | int | None = None,
     num_replicas: int = 1,
     rank: int = 0,
+    num_classes: int | None = None,
     **loader_kwargs: Any,
 ) -> DataLoader:
     """A DataLoader of MIDAS batches over ``dataset``.
@@ -56,6 +57,9 @@ def midas_loader(
     experimental) read the :class:`~midas_data.feedback.stats.StatsTable` given as ``stats``;
     ``num_replicas``/``rank`` split each epoch by rank for plain DDP loops (leave them at
     1/0 under Accelerate, which shards batches itself). See ``docs/feedback.md``.
+
+    ``num_classes``, when given, makes a label outside ``[0, num_classes)`` an error that
+    names its sample as the batch is built (see ``docs/errors.md``).
     """
     for taken in ("sampler", "batch_sampler", "collate_fn", "batch_size", "shuffle", "drop_last"):
         if taken in loader_kwargs:
@@ -85,8 +89,21 @@ def midas_loader(
         modality_collate=modality_collate,
         epoch=epoch,
         materialize_in_worker=materialize_in_worker,
+        num_classes=num_classes,
     )
+    _check_table_order(stats, collate.modalities)
     return loader_class(wrapped, batch_sampler=batch_sampler, collate_fn=collate, **loader_kwargs)
+
+
+def _check_table_order(stats: StatsTable | None, modalities: tuple[str, ...]) -> None:
+    """A table with the loader's modality names in another order would store each
+    modality's confidence in another's column: refuse it."""
+    if stats is None or tuple(stats.modalities) == modalities or set(stats.modalities) != set(modalities):
+        return
+    raise ValueError(
+        f"stats: the table's modalities {tuple(stats.modalities)} are the loader's {modalities} in another order; "
+        "the objective's per-sample confidences follow the loader's order, so build the table with that order"
+    )
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:

@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from . import functional as MF
 from .controller import VARIANTS, WeakModalityController
 from .data.batch import MidasBatch
+from .data.diagnose import nonfinite_inputs
 from .distributed import is_distributed
+from .errors import MidasDataError, MidasDataWarning
 from .models import MultimodalOutput, unwrap_model
 
 __all__ = ["MidasObjective"]
@@ -107,6 +109,7 @@ class MidasObjective:
             len(modalities), eta=eta, alpha_max=alpha_max, variant=variant, sync=sync_alpha, process_group=process_group
         )
         self.epoch = 0
+        self._misaligned_tally = _MisalignedTally()
         self._set_epoch: int | None = None  # the last epoch given to set_epoch
         self._warned_epoch = False
 
@@ -138,9 +141,10 @@ class MidasObjective:
         return self.controller.alpha
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "controller": self.controller.state_dict()}
+        return {"epoch": self.epoch, "controller": self.controller.state_dict(), "modalities": list(self.modalities)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        _check_state_modalities(state, self.modalities)
         self.controller.load_state_dict(state["controller"])
         self.epoch = int(state["epoch"])
 
@@ -174,7 +178,9 @@ class MidasObjective:
             labels, plan, num_unpaired = batch.labels, batch.plan, batch.num_unpaired
             if tuple(batch.modalities) != self.modalities:
                 raise ValueError(
-                    f"batch.modalities {tuple(batch.modalities)} differ from the objective's {self.modalities}"
+                    f"batch.modalities {tuple(batch.modalities)} differ from the objective's {self.modalities}; "
+                    "the plan's columns follow the loader's order: give midas_loader and MidasObjective the same "
+                    "modality order"
                 )
             self._follow(batch)
         if model is not None:
@@ -190,7 +196,7 @@ class MidasObjective:
         ]
         fusion_logits = output.fusion_logits
         if self.validate:
-            self._validate_aligned(features, uni_logits, fusion_logits, labels)
+            self._validate_aligned(features, uni_logits, fusion_logits, labels, batch)
 
         loss_uni_parts = torch.stack([F.cross_entropy(lg, labels, reduction="none") for lg in uni_logits], dim=1)
         loss_uni = loss_uni_parts.sum(dim=1) if self.variant == "paper" else loss_uni_parts.mean(dim=1)
@@ -230,6 +236,7 @@ class MidasObjective:
             if plan.shape[1] != len(self.modalities):
                 raise ValueError(f"plan: expected {len(self.modalities)} columns, got {plan.shape[1]}")
         loss = (loss_align + loss_uni).mean()
+        self._misaligned_tally.count(self.epoch, int(plan.shape[0]), diagnostics)
         if plan.shape[0] == 0:
             self._no_misaligned(labels, diagnostics)
             diagnostics["loss_mis"] = loss.new_zeros(())
@@ -339,6 +346,7 @@ class MidasObjective:
         uni_logits: list[torch.Tensor],
         fusion_logits: torch.Tensor,
         labels: torch.Tensor,
+        source: MidasBatch | None = None,
     ) -> None:
         if labels.dim() != 1 or labels.dtype.is_floating_point:
             raise TypeError(f"labels: expected an integer tensor [B], got {labels.dtype} {tuple(labels.shape)}")
@@ -359,13 +367,95 @@ class MidasObjective:
         ok = torch.stack(finite + [labels.min() >= 0, labels.max() < self.num_classes]).all()
         if bool(ok):
             return
-        if not bool(finite[0]):
-            raise ValueError("output.fusion_logits: contains NaN or inf")
-        for m, good in zip(self.modalities, finite[1:]):
+        # Only now, with a step already failed, look for the culprit samples.
+        names = ["output.fusion_logits"] + [f"output.unimodal_logits[{m!r}]" for m in self.modalities]
+        for name, good, lg in zip(names, finite, [fusion_logits, *uni_logits]):
             if not bool(good):
-                raise ValueError(f"output.unimodal_logits[{m!r}]: contains NaN or inf")
-        bad = labels[(labels < 0) | (labels >= self.num_classes)]
-        raise ValueError(f"labels: expected class ids in [0, {self.num_classes}), got {bad[:5].tolist()}")
+                raise _nonfinite_error(name, lg, source)
+        raise MidasDataError(_label_range_message(labels, self.num_classes, source))
+
+
+def _nonfinite_error(name: str, logits: torch.Tensor, batch: MidasBatch | None) -> ValueError:
+    """Which samples' logits are not finite and whether their inputs already were: a
+    MidasDataError when the data is to blame, else a ValueError about the model."""
+    rows = (~torch.isfinite(logits.detach()).all(dim=1)).nonzero().flatten().tolist()
+    if batch is None:
+        return ValueError(f"{name}: contains NaN or inf in rows {rows[:8]}")
+    ids = batch.ids.tolist()
+    where = f"{name}: contains NaN or inf in the rows of samples {[ids[r] for r in rows[:8]]}"
+    bad_inputs = nonfinite_inputs(batch.inputs, batch.ids)
+    if bad_inputs:
+        found = "; ".join(f"batch.inputs[{m!r}] of samples {sids[:8]}" for m, sids in bad_inputs.items())
+        return MidasDataError(
+            f"{where}: the input data is not finite ({found} hold NaN or inf); clean or drop them in the dataset"
+        )
+    return ValueError(f"{where}; their inputs are finite, so the model produced it (a diverged step? lower the lr)")
+
+
+def _label_range_message(labels: torch.Tensor, num_classes: int, batch: MidasBatch | None) -> str:
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten().tolist()
+    values = labels.tolist()
+    if batch is None:
+        return f"labels: expected class ids in [0, {num_classes}), got {[values[r] for r in bad[:5]]} in rows {bad[:5]}"
+    ids = batch.ids.tolist()
+    named = ", ".join(f"sample {ids[r]} has label {values[r]}" for r in bad[:5])
+    return (
+        f"labels: {named}; expected class ids in [0, {num_classes}). Pass num_classes={num_classes} to "
+        "midas_loader to catch this when the batch is built"
+    )
+
+
+def _check_state_modalities(state: Mapping[str, Any], modalities: tuple[str, ...]) -> None:
+    saved = state.get("modalities") if isinstance(state, Mapping) else None
+    if saved is not None and tuple(saved) != modalities:
+        raise ValueError(
+            f"state['modalities']: the checkpoint is for modalities {tuple(saved)}, this objective {modalities}; "
+            "alpha is per modality, so it only loads into an objective with the same modalities in the same order"
+        )
+
+
+class _MisalignedTally:
+    """Counts batches without misaligned rows (all samples of one class) and warns once.
+
+    The warning comes when an epoch with such batches is over (the objective's epoch
+    moved on), or at once when the first 20 batches of an epoch all had none: a dataset
+    or split with one class. The counts are host ints (the plan's shape): no device sync.
+    """
+
+    SINGLE_CLASS_AFTER = 20
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.epoch: int | None = None
+        self.batches = 0
+        self.empty = 0
+        self.warned = False
+
+    def count(self, epoch: int, rows: int, diagnostics: dict[str, Any]) -> None:
+        if epoch != self.epoch:
+            self._report()
+            self.epoch, self.batches, self.empty = epoch, 0, 0
+        self.batches += 1
+        if rows == 0:
+            self.empty += 1
+            self.total += 1
+            if self.empty == self.batches == self.SINGLE_CLASS_AFTER:
+                self._report()
+        diagnostics["batches_without_misaligned"] = self.total
+
+    def _report(self) -> None:
+        if self.warned or not self.empty:
+            return
+        self.warned = True
+        so_far = "so far " if self.batches == self.SINGLE_CLASS_AFTER == self.empty else ""
+        warnings.warn(
+            f"MidasObjective: {self.empty} of {self.batches} batches of epoch {self.epoch} {so_far}had no misaligned "
+            "rows: all their samples were of one class, so MIDAS added nothing for them. A dataset or split with a "
+            "single class gets nothing from MIDAS; with several classes, larger batches (or shuffle=True) help. "
+            "diagnostics['batches_without_misaligned'] keeps counting; this warning is shown once",
+            MidasDataWarning,
+            stacklevel=4,
+        )
 
 
 def _fusion_head(model: torch.nn.Module) -> Fuse:

@@ -14,7 +14,8 @@ from torch import nn
 
 from midas_data import MidasObjective, midas_loader, set_epoch
 from midas_data.feedback.planning import batch_bounds
-from midas_data.feedback.sampler import MidasBatchSampler, shard_bounds
+from midas_data.feedback.sampler import MidasBatchSampler
+from midas_data.feedback.sharding import shard_bounds
 from midas_data.models import unwrap_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")

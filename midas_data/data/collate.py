@@ -15,6 +15,7 @@ workers there are, and a new epoch gets new plans.
 from __future__ import annotations
 
 import hashlib
+import math
 import numbers
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,14 @@ from torch.utils.data import default_collate, get_worker_info
 from ..errors import MidasDataError
 from ..functional import PARTNER_RULES, plan_pairs
 from .batch import MidasBatch
+from .diagnose import (
+    describe,
+    first_mismatch,
+    is_number_list,
+    missing_key_hint,
+    shared_memory_exhausted,
+    shared_memory_message,
+)
 from .packing import pack_tensors, stackable
 
 __all__ = ["MidasCollate", "ModalityKeys", "plan_seed", "MODES"]
@@ -63,9 +72,30 @@ def _as_label(value: Any, sample_id: int, key: Key) -> int:
         return int(value.item())
     if isinstance(value, np.ndarray) and value.size == 1 and np.issubdtype(value.dtype, np.integer):
         return int(value.item())
+    hint = ""
+    if isinstance(value, str):
+        hint = "; map class names to ids in the dataset, e.g. {name: i for i, name in enumerate(sorted(names))}"
+    elif (isinstance(value, torch.Tensor) and value.numel() > 1) or (isinstance(value, np.ndarray) and value.size > 1):
+        hint = "; a one-hot or multi-label vector is not a class id (for one-hot, take its argmax in the dataset)"
     raise MidasDataError(
-        f"sample {sample_id}: label {key!r} is {value!r} ({type(value).__name__}); expected an integer class id"
+        f"sample {sample_id}: label {key!r} is {value!r} ({type(value).__name__}); expected an integer class id{hint}"
     )
+
+
+def check_label_range(ids: Sequence[int], labels: Sequence[int], num_classes: int | None) -> None:
+    """Raise, naming the samples, unless every label lies in ``[0, num_classes)`` (``>= 0``
+    when the number of classes is not known)."""
+    low, high = min(labels), max(labels)
+    if low >= 0 and (num_classes is None or high < num_classes):
+        return
+    upper = math.inf if num_classes is None else num_classes
+    bad = [(sid, y) for sid, y in zip(ids, labels) if not 0 <= y < upper]
+    named = ", ".join(f"sample {sid} has label {y}" for sid, y in bad[:5])
+    more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+    expected = "class ids >= 0"
+    if num_classes is not None:
+        expected = f"class ids in [0, {num_classes}) (num_classes={num_classes})"
+    raise MidasDataError(f"labels: {named}{more}; expected {expected}")
 
 
 class MidasCollate:
@@ -90,6 +120,14 @@ class MidasCollate:
             collator for text; the default is ``torch.utils.data.default_collate``.
         epoch: a shared ``int64`` tensor holding the current epoch, written by the sampler
             in the main process and read here in the workers.
+        num_classes: ``C``, when known: a label outside ``[0, C)`` is reported with its
+            sample id as the batch is built, instead of at the loss. Negative labels are
+            refused in any case.
+
+    Keys of dict items (positions of tuple items) that are neither a modality nor the
+    label pass through to ``batch.extras``, each collated by ``default_collate`` or, where
+    that fails (strings of different shapes, ``None``...), kept as a list with one entry
+    per sample. Every item must have the same keys.
     """
 
     def __init__(
@@ -103,6 +141,7 @@ class MidasCollate:
         modality_collate: Mapping[str, CollateFn] | None = None,
         epoch: torch.Tensor | None = None,
         materialize_in_worker: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         if isinstance(modalities, Mapping):
             self.keys: dict[str, Key] = dict(modalities)
@@ -117,6 +156,11 @@ class MidasCollate:
         unknown = set(modality_collate or {}) - set(self.keys)
         if unknown:
             raise ValueError(f"modality_collate: names {sorted(unknown)} are not modalities {list(self.keys)}")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
+            raise TypeError(f"num_classes: expected an int or None, got {num_classes!r}")
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"num_classes: expected at least 2, got {num_classes}")
+        self.num_classes = num_classes
         self.modalities = tuple(self.keys)
         self.label_key = label_key
         self.mode = mode
@@ -138,7 +182,9 @@ class MidasCollate:
                 "MidasDataset or use midas_loader"
             )
         ids = [sid for sid, _ in samples]
-        labels = torch.tensor([self._label(sid, item) for sid, item in samples], dtype=torch.int64)
+        label_list = [self._label(sid, item) for sid, item in samples]
+        check_label_range(ids, label_list, self.num_classes)
+        labels = torch.tensor(label_list, dtype=torch.int64)
         epoch = int(self.epoch)
         generator = torch.Generator().manual_seed(plan_seed(self.seed, epoch, ids))
         plan = plan_pairs(labels, len(self.modalities), generator, self.rule)
@@ -149,6 +195,8 @@ class MidasCollate:
         values = {
             name: [self._field(sid, item, key, "modality") for sid, item in samples] for name, key in self.keys.items()
         }
+        for name, v in values.items():
+            self._check_modality(name, samples, v)
         in_worker = get_worker_info() is not None
         separate = {
             name for name, v in values.items() if not in_worker or name in self.modality_collate or not stackable(v)
@@ -159,7 +207,9 @@ class MidasCollate:
         if in_worker:
             try:
                 packed = pack_tensors({**entries, **small})
-            except (RuntimeError, TypeError, ValueError):
+            except (RuntimeError, TypeError, ValueError) as err:
+                if shared_memory_exhausted(err):
+                    raise MidasDataError(shared_memory_message(ids, err)) from err
                 # Values that would not stack (shapes differ, a later item is not a tensor)
                 # or that packing cannot hold: each modality goes to its own collate, which
                 # either handles it or raises the error that names the sample.
@@ -177,6 +227,7 @@ class MidasCollate:
             modalities=self.modalities,
             input_level=self.mode == "input",
             num_unpaired=plan.num_unpaired,
+            extras=self._extras(samples),
             epoch=epoch if self._epoch_shared else -1,
         )
         if batch.input_level and self.materialize_in_worker:
@@ -188,13 +239,56 @@ class MidasCollate:
         try:
             return item[key]
         except (KeyError, IndexError, TypeError):
-            if isinstance(item, Mapping):
-                have = f"keys {sorted(map(str, item))}"
-            elif isinstance(item, Sequence):
-                have = f"a {type(item).__name__} of length {len(item)}"
-            else:
-                have = f"a {type(item).__name__}"
-            raise MidasDataError(f"sample {sample_id}: has no {what} {key!r}; the item is {have}") from None
+            hint = missing_key_hint(item, key, what)
+            raise MidasDataError(f"sample {sample_id}: has no {what} {key!r}; {hint}") from None
+
+    def _check_modality(self, name: str, samples: list[tuple[int, Any]], values: list[Any]) -> None:
+        """Checks that default_collate would not make: one dtype per modality (it would
+        silently promote a batch with one float64 sample, and packing would cast it), and no
+        Python lists of numbers (it would transpose them into one tensor per position)."""
+        first = values[0]
+        if isinstance(first, (torch.Tensor, np.ndarray)):
+            dtype = first.dtype
+            for value in values:
+                if getattr(value, "dtype", None) != dtype:
+                    raise MidasDataError(self._mismatch_message(name, samples, values))
+        elif name not in self.modality_collate and is_number_list(first):
+            raise MidasDataError(
+                f"sample {samples[0][0]}: modality {name!r} is {describe(first)}, not a tensor or array; "
+                "default_collate would turn it into one tensor per position. Return tensors from the dataset "
+                "(a Hugging Face datasets.Dataset: dataset.with_format('torch')) or pass "
+                f"modality_collate={{{name!r}: fn}}"
+            )
+
+    def _extras(self, samples: list[tuple[int, Any]]) -> dict[Any, Any]:
+        """The items' other keys (positions), collated; see the class docstring."""
+        first = samples[0][1]
+        used = set(self.keys.values()) | {self.label_key}
+        if isinstance(first, Mapping):
+            keys = [k for k in first if k not in used]
+        elif isinstance(first, (tuple, list)):
+            keys = [k for k in range(len(first)) if k not in used]
+        else:
+            return {}
+        size = len(first)
+        for sid, item in samples:
+            if len(item) != size:
+                have = sorted(map(str, item)) if isinstance(item, Mapping) else f"length {len(item)}"
+                want = sorted(map(str, first)) if isinstance(first, Mapping) else f"length {size}"
+                raise MidasDataError(
+                    f"sample {sid}: has {have} but sample {samples[0][0]} has {want}; every item needs the same "
+                    "keys (those that are neither a modality nor the label pass through to batch.extras)"
+                )
+        extras = {}
+        for key in keys:
+            column = [self._field(sid, item, key, "key") for sid, item in samples]
+            try:
+                extras[key] = default_collate(column)
+            except (RuntimeError, TypeError, ValueError) as err:
+                if shared_memory_exhausted(err):
+                    raise MidasDataError(shared_memory_message([sid for sid, _ in samples], err)) from err
+                extras[key] = column
+        return extras
 
     def _label(self, sample_id: int, item: Any) -> int:
         return _as_label(self._field(sample_id, item, self.label_key, "label"), sample_id, self.label_key)
@@ -204,16 +298,45 @@ class MidasCollate:
         try:
             return collate(values)
         except (RuntimeError, TypeError, ValueError) as err:
-            raise MidasDataError(self._collate_failure(name, samples, values, err)) from err
+            if shared_memory_exhausted(err):
+                raise MidasDataError(shared_memory_message([sid for sid, _ in samples], err)) from err
+            if name in self.modality_collate:
+                raise MidasDataError(
+                    f"modality {name!r}: modality_collate[{name!r}] failed on samples "
+                    f"{[sid for sid, _ in samples][:8]}: {err}"
+                ) from err
+            raise MidasDataError(self._mismatch_message(name, samples, values, err)) from err
 
     @staticmethod
-    def _collate_failure(name: str, samples: list[tuple[int, Any]], values: list[Any], err: Exception) -> str:
-        shapes = [tuple(getattr(v, "shape", ())) for v in values]
-        for (sid, _), shape in zip(samples, shapes):
-            if shape != shapes[0]:
+    def _mismatch_message(
+        name: str, samples: list[tuple[int, Any]], values: list[Any], err: Exception | None = None
+    ) -> str:
+        ids = [sid for sid, _ in samples]
+        at = first_mismatch(values)
+        if at is None:
+            return (
+                f"modality {name!r}: could not collate samples {ids[:8]}: {err}. Pass "
+                f"modality_collate={{{name!r}: fn}} to collate it your way"
+            )
+        first, other, sid, ref = values[0], values[at], ids[at], ids[0]
+        pads = (
+            f"resize or pad in the dataset's transform, or pass modality_collate={{{name!r}: fn}} that pads "
+            "(e.g. torch.nn.utils.rnn.pad_sequence)"
+        )
+        if type(other) is type(first) and isinstance(first, (torch.Tensor, np.ndarray)):
+            if first.dtype != other.dtype:
                 return (
-                    f"sample {sid}: modality {name!r} has shape {shape} but sample {samples[0][0]} has "
-                    f"{shapes[0]}; resize in the dataset's transform or pass modality_collate={{{name!r}: ...}} "
-                    "that pads"
+                    f"sample {sid}: modality {name!r} has dtype {other.dtype} but sample {ref} has {first.dtype}; "
+                    "convert it in the dataset: every sample of a modality needs the same dtype"
                 )
-        return f"modality {name!r}: could not collate samples {[sid for sid, _ in samples][:8]}: {err}"
+            return f"sample {sid}: modality {name!r} has shape {tuple(other.shape)} but sample {ref} has " + (
+                f"{tuple(first.shape)}; {pads}"
+            )
+        if type(other) is type(first) and isinstance(first, (list, tuple)):
+            return (
+                f"sample {sid}: modality {name!r} is {describe(other)} but sample {ref} has length {len(first)}; {pads}"
+            )
+        return (
+            f"sample {sid}: modality {name!r} is {describe(other)} but sample {ref} gives {describe(first)}; "
+            "every sample must give the same kind of value"
+        )

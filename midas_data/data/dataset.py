@@ -42,17 +42,46 @@ class MidasDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> IndexedItem:
-        return int(index), self.dataset[int(index)]
+        index = int(index)
+        try:
+            return index, self.dataset[index]
+        except Exception as err:
+            _name_sample(err, f"sample {index}: reading it from the dataset raised this error")
+            raise
 
     def __getitems__(self, indices: Sequence[int]) -> list[IndexedItem]:
         ids = [int(i) for i in indices]
         getitems = getattr(self.dataset, "__getitems__", None)
         if getitems is not None:
-            items = getitems(ids)
+            try:
+                items = getitems(ids)
+            except Exception as err:
+                _name_sample(err, self._culprit(ids))
+                raise
             if len(items) != len(ids):
                 raise MidasDataError(
                     f"dataset.__getitems__: returned {len(items)} items for {len(ids)} indices (first id {ids[0]})"
                 )
         else:
-            items = [self.dataset[i] for i in ids]
+            items = [self.__getitem__(i)[1] for i in ids]
         return list(zip(ids, items))
+
+    def _culprit(self, ids: list[int]) -> str:
+        """After a batched read failed: which sample fails on its own (read one by one,
+        on this failure path only)."""
+        for i in ids:
+            try:
+                self.dataset[i]
+            except Exception:
+                return f"sample {i}: reading it from the dataset raised this error (in a read of samples {ids[:8]})"
+        return f"samples {ids[:8]}: reading them from the dataset with __getitems__ raised this error"
+
+
+def _name_sample(err: Exception, note: str) -> None:
+    """Add a note naming the sample to ``err``, which is then re-raised with its type kept
+    (code that catches it still does; a DataLoader worker's report shows the note in the
+    main process). Python 3.10 has no notes: the error becomes a MidasDataError."""
+    if hasattr(err, "add_note"):
+        err.add_note(note)
+        return
+    raise MidasDataError(f"{note}: {type(err).__name__}: {err}") from err

@@ -18,21 +18,20 @@ Policies (``docs/feedback.md`` has the estimators):
 from __future__ import annotations
 
 import numbers
-import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import torch
 from torch.utils.data import Sampler
 
 from ..distributed import world_size
-from ..errors import MidasDataError
+from ..errors import MidasDataError, MidasDataWarning
 from ..functional import pair_importance_weights
 from .planning import POLICIES, EpochPlan, batch_bounds, choose_weak_modality, plan_from_snapshot
 from .recreate import record_init_arguments, replicas_of
+from .sharding import shard_bounds, sharding_wrapper
 from .stats import StatsTable
 
 __all__ = [
@@ -53,38 +52,21 @@ def shared_epoch(epoch: int = 0) -> torch.Tensor:
     return torch.full((), epoch, dtype=torch.int64).share_memory_()
 
 
-def shard_bounds(num_slots: int, batch_size: int, num_shards: int, drop_last: bool = False) -> list[tuple[int, int]]:
-    """The batches of a global sampler that a framework will deal out round-robin to
-    ``num_shards`` ranks (Accelerate's batch-sampler shard gives batch ``i`` to rank
-    ``i % num_shards``): the batches of every rank under :func:`batch_bounds`, interleaved.
-
-    So every rank gets the same number of batches, every slot is used exactly once, and
-    no framework padding is needed.
-    """
-    per_rank = [batch_bounds(num_slots, batch_size, num_shards, r, drop_last) for r in range(num_shards)]
-    return [bounds for step in zip(*per_rank) for bounds in step]
-
-
-def _sharding_wrapper() -> tuple[str, Any] | None:
-    """The Accelerate wrapper iterating this sampler, if any: ``("shard", obj)`` for a
-    ``BatchSamplerShard``, ``("dispatch", obj)`` for a ``DataLoaderDispatcher``.
-
-    Accelerate gives no other sign that it wraps a batch sampler; a look at the few
-    callers above this one (once per epoch) tells.
-    """
-    frame: FrameType | None = sys._getframe(2)
-    for _ in range(16):
-        if frame is None:
-            return None
-        owner = frame.f_locals.get("self")
-        if owner is not None and type(owner).__module__.startswith("accelerate"):
-            name = type(owner).__name__
-            if name == "BatchSamplerShard":
-                return "shard", owner
-            if name == "DataLoaderDispatcher":
-                return "dispatch", owner
-        frame = frame.f_back
-    return None
+def checked_epoch(epoch: Any, current: int) -> int:
+    """``epoch`` as an int, refusing what is not a non-negative integer, and warning when
+    it goes back: an earlier epoch repeats that epoch's order and pair plans exactly."""
+    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+        raise ValueError(f"epoch: expected a non-negative int, got {epoch!r}")
+    epoch = int(epoch)
+    if epoch < current:
+        warnings.warn(
+            f"set_epoch({epoch}) after epoch {current}: epoch {epoch}'s sample order and pair plans repeat exactly. "
+            "When resuming, load the sampler's (or the StatefulDataLoader's) state_dict, or continue the epoch count "
+            "from the checkpoint",
+            MidasDataWarning,
+            stacklevel=3,
+        )
+    return epoch
 
 
 class _SampleOrder(Sampler[int]):
@@ -269,7 +251,7 @@ class MidasBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch`` for the next iteration (otherwise the next iteration advances by one)."""
-        self.epoch_tensor.fill_(int(epoch))
+        self.epoch_tensor.fill_(checked_epoch(epoch, self.epoch))
         self._epoch_pinned = True
 
     # -- planning --------------------------------------------------------------------------
@@ -351,7 +333,7 @@ class MidasBatchSampler(Sampler[list[int]]):
 
     def _check_wrapper(self) -> None:
         """Fit the batches to an Accelerate wrapper, or refuse one that cannot work."""
-        wrapper = _sharding_wrapper()
+        wrapper = sharding_wrapper()
         if wrapper is not None and wrapper[0] == "dispatch":
             raise MidasDataError(
                 "Accelerate dispatch_batches=True: process 0 would concatenate the MidasBatch objects of several "
@@ -406,7 +388,7 @@ class MidasBatchSampler(Sampler[list[int]]):
 
     def _fit_to_shard(self) -> None:
         """Order the batches for the Accelerate shard wrapper reading ``len`` or ``batch_size``."""
-        wrapper = _sharding_wrapper()
+        wrapper = sharding_wrapper()
         if wrapper is not None and wrapper[0] == "shard" and self.num_replicas == 1:
             num_shards = self.fixed_num_shards or int(getattr(wrapper[1], "num_processes", 1))
             if num_shards != self.num_shards:
@@ -492,7 +474,9 @@ class MidasBatchSampler(Sampler[list[int]]):
         if self._epoch_pinned and self.epoch != epoch:
             return  # set_epoch already chose another epoch (torchdata applies a state lazily)
         if not state.get("planned"):
-            self.set_epoch(epoch)
+            # As set_epoch, but a checkpoint may take the epoch back: no warning.
+            self.epoch_tensor.fill_(epoch)
+            self._epoch_pinned = True
             return
         # An epoch was under way (or complete): the next iteration continues it, without
         # advancing; the one after it advances.

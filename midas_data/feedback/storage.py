@@ -119,8 +119,9 @@ class SharedBuffer:
             return
         if not os.path.exists(self.path):
             raise RuntimeError(
-                f"StatsTable: the file-backed table {self.path} no longer exists; its creating table was "
-                "collected. Keep that StatsTable alive while workers run"
+                f"StatsTable: the file-backed table {self.path} no longer exists: its creating table was "
+                "collected, or something removed the file (a temp-directory cleaner?). Keep that StatsTable alive "
+                "while workers run, and give it directory= a place nothing cleans"
             )
         # Not the owner: the creating process deletes the file.
         self.tensor = torch.from_file(self.path, shared=True, size=self.nbytes, dtype=torch.uint8)
