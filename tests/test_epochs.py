@@ -12,7 +12,7 @@ import torch
 from many_processes import MODALITIES, NUM_CLASSES, SyntheticPairs, make_model
 from torch import nn
 
-from midas_data import MidasObjective, midas_loader, set_epoch
+from midas_data import MidasDataWarning, MidasObjective, midas_loader, set_epoch
 from midas_data.feedback.planning import batch_bounds
 from midas_data.feedback.sampler import MidasBatchSampler
 from midas_data.feedback.sharding import shard_bounds
@@ -66,7 +66,8 @@ def test_explicit_epoch_wins_and_iterating_again_advances():
     assert sampler.epoch == 0
     second = list(sampler)
     assert sampler.epoch == 1 and second != first
-    sampler.set_epoch(0)
+    with pytest.warns(MidasDataWarning, match="set_epoch\\(0\\) after epoch 1"):
+        sampler.set_epoch(0)  # going back repeats epoch 0 exactly, and says so
     assert list(sampler) == first and sampler.epoch == 0
     sampler.set_epoch(7)
     list(sampler)
