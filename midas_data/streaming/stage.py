@@ -20,6 +20,7 @@ are skipped and counted in shared memory, where :meth:`MidasBatches.skip_counts`
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import struct
 import warnings
@@ -233,6 +234,16 @@ class MidasBatches:
             raise ValueError("batches_per_epoch: needs the shard index (index=...)")
         return sum(batch_counts(self.index.counts, self.world_size, max(num_workers, 1), self.batch_size)[self.rank])
 
+    def split_by_node(self, source: Iterator[Any], group: Any = None) -> Iterator[Any]:
+        """A webdataset node splitter that uses this stage's rank and world size, known in
+        the main process: ``wds.WebDataset(urls, nodesplitter=stage.split_by_node)``.
+
+        ``wds.split_by_node`` asks ``torch.distributed`` (or ``RANK``/``WORLD_SIZE``) from
+        inside each DataLoader worker, where a process group started by ``mp.spawn`` is not
+        visible: every rank would then read every shard. Under ``torchrun`` both agree.
+        """
+        yield from itertools.islice(source, self.rank, None, self.world_size)
+
     def place(self) -> WorkerPlace:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
@@ -382,7 +393,8 @@ class MidasBatches:
                 raise MidasDataError(
                     f"{where}: rank {place.rank} worker {place.worker} should read shards {self._shard_names(shards)} "
                     "(the node split, then the worker split, of the index's shard list). Build the pipeline with "
-                    "the index's urls in order and nodesplitter=wds.split_by_node"
+                    "the index's urls in order and nodesplitter=stage.split_by_node (wds.split_by_node sees no "
+                    "process group inside workers unless RANK and WORLD_SIZE are set, as torchrun does)"
                 )
         try:
             item = {name: self._field(sample, name, where) for name in self._fields}
