@@ -152,7 +152,7 @@ class MidasBatches:
         policy: str = "uniform",
         floor: float = 0.2,
         weak_modality: str | int | None = None,
-        window: int = 1024,
+        window: int = 256,
         shuffle: bool = True,
         resampled: bool = False,
         handler: Handler | None = None,
@@ -262,7 +262,7 @@ class MidasBatches:
         seen: set[int] = set()
         window: list[tuple[int, Any]] = []
         ready: deque[tuple[int, Any, float, int]] = deque()
-        emitted = arrived = 0
+        emitted = arrived = accepted = slots = 0
         for sample in samples:
             arrived += 1
             if expected is not None and arrived > expected:
@@ -278,15 +278,18 @@ class MidasBatches:
                     continue
                 raise
             window.append((sample_id, item))
+            accepted += 1
             if len(window) >= self.window:
                 ready.extend(self._draw(window, generator, weak))
                 window = []
-            while True:
-                size, needed = self._next_size(sizes, emitted)
-                if size == 0 or len(ready) < needed:
-                    break
+            # Paced: after the first window, one batch per batch-size of new samples, so
+            # every batch costs its worker the same reading work (as plain batching does)
+            # instead of a window's worth of reading, then a burst of free batches.
+            size, needed = self._next_size(sizes, emitted)
+            if size and len(ready) >= needed and accepted - self.window >= slots + size:
                 yield self._batch(ready, size)
                 emitted += 1
+                slots += size
         if window:
             ready.extend(self._draw(window, generator, weak))
         if sizes is None:
