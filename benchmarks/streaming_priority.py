@@ -73,7 +73,7 @@ def train_one(policy: str, seed: int, index, splits, config: training.TrainConfi
             best_acc, best_state = accuracy, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     test = evaluate(model, splits["test"], seed=config.eval_seed)
-    steady = lags[len(lags) // config.epochs :]  # after the first epoch
+    steady = lags[len(lags) // config.epochs :] or lags  # after the first epoch
     return {
         "test_accuracy": test["accuracy"],
         "misaligned_accuracy": test["misaligned_accuracy"],
