@@ -371,61 +371,60 @@ class MidasBatches:
                 return f"shard {url!r}, key {key!r}"
         return "sample"
 
-    def _field(self, sample: Mapping[str, Any], name: str, where: str) -> Any:
+    def _field(self, sample: Mapping[str, Any], name: str) -> Any:
         if name in sample:
             return decode_member(name, sample[name], allow_pickle=self.allow_pickle)
         found = [k for k in sample if isinstance(k, str) and k.startswith(name + ".")]
         if len(found) != 1:
             have = sorted(k for k in sample if not str(k).startswith("__"))
             what = "no member" if not found else f"several members {found} for"
-            raise MidasDataError(
-                f"{where}: has {what} field {name!r} (expected {name!r} or {name}.<ext>); it has {have}"
-            )
+            raise MidasDataError(f"has {what} field {name!r} (expected {name!r} or {name}.<ext>); it has {have}")
         return decode_member(found[0], sample[found[0]], allow_pickle=self.allow_pickle)
 
     def _identify(
         self, sample: Any, place: WorkerPlace, shards: list[int] | None, seen: set[int]
     ) -> tuple[int, dict[str, Any]]:
-        where = self._where(sample)
+        """The sample's id and decoded fields; errors name the shard and key (built only
+        on error: this runs once per sample)."""
+        try:
+            return self._identify_unnamed(sample, place, shards, seen)
+        except MidasDataError as err:
+            text = str(err)
+            where = self._where(sample)
+            raise MidasDataError(text if text.startswith("shard ") else f"{where}: {text}") from None
+
+    def _identify_unnamed(
+        self, sample: Any, place: WorkerPlace, shards: list[int] | None, seen: set[int]
+    ) -> tuple[int, dict[str, Any]]:
         if not isinstance(sample, Mapping):
-            raise MidasDataError(f"{where}: expected a dict sample, got {type(sample).__name__}")
+            raise MidasDataError(f"expected a dict sample, got {type(sample).__name__}")
         url, key = sample.get("__url__"), sample.get("__key__")
         if shards is not None and url is not None and self.index is not None:
-            position = self.index.shard_position(url)
-            if position not in shards:
+            if self.index.shard_position(url) not in shards:
                 raise MidasDataError(
-                    f"{where}: rank {place.rank} worker {place.worker} should read shards {self._shard_names(shards)} "
+                    f"rank {place.rank} worker {place.worker} should read shards {self._shard_names(shards)} "
                     "(the node split, then the worker split, of the index's shard list). Build the pipeline with "
                     "the index's urls in order and nodesplitter=stage.split_by_node (wds.split_by_node sees no "
                     "process group inside workers unless RANK and WORLD_SIZE are set, as torchrun does)"
                 )
-        try:
-            item = {name: self._field(sample, name, where) for name in self._fields}
-        except MidasDataError as err:
-            text = str(err)
-            raise MidasDataError(text if text.startswith(where) else f"{where}: {text}") from None
+        item = {name: self._field(sample, name) for name in self._fields}
         if self.id_field is not None:
             sample_id = item.pop(self.id_field)
             if isinstance(sample_id, torch.Tensor) and sample_id.numel() == 1:
                 sample_id = sample_id.item()
             if isinstance(sample_id, bool) or not isinstance(sample_id, int):
-                raise MidasDataError(f"{where}: id field {self.id_field!r} is {sample_id!r}; expected an int")
+                raise MidasDataError(f"id field {self.id_field!r} is {sample_id!r}; expected an int")
         elif self.index is not None and key is not None and url is not None:
-            try:
-                sample_id = self.index.slot(str(key), str(url))
-            except MidasDataError as err:
-                raise MidasDataError(f"{where}: {err}") from None
+            sample_id = self.index.slot(str(key), str(url))
         else:
-            raise MidasDataError(f"{where}: has no __key__/__url__ to look up in the shard index; pass id_field=")
+            raise MidasDataError("has no __key__/__url__ to look up in the shard index; pass id_field=")
         if self.stats is not None and not 0 <= sample_id < self.stats.num_samples:
-            raise MidasDataError(
-                f"{where}: sample id {sample_id} is outside the stats table [0, {self.stats.num_samples})"
-            )
+            raise MidasDataError(f"sample id {sample_id} is outside the stats table [0, {self.stats.num_samples})")
         if not self.resampled:
             if sample_id in seen:
                 raise MidasDataError(
-                    f"{where}: sample id {sample_id} came twice in one epoch (a duplicate key, or a shard listed "
-                    "twice); every sample must be unique unless resampled=True"
+                    f"sample id {sample_id} came twice in one epoch (a duplicate key, or a shard listed twice); "
+                    "every sample must be unique unless resampled=True"
                 )
             seen.add(sample_id)
         return int(sample_id), item
