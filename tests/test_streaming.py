@@ -180,18 +180,27 @@ def test_window_draws_keep_the_window_size_and_weights_unbias_the_loss():
     assert counts[0::4].float().mean() > counts[1::4].float().mean()  # hard samples come more often
 
 
-def test_hard_policy_reads_the_shared_table_in_workers(tmp_path):
+def test_hard_policy_reads_the_shared_table_in_running_workers(tmp_path):
     index = shards(tmp_path, n=48, shard_size=12)
     table = StatsTable(48, MODALITIES, dtype=torch.float32)
-    hard = torch.arange(48) % 2 == 0
-    table.update(torch.arange(48), similarity=torch.where(hard, 1.0, -1.0), misaligned_loss=torch.ones(48), step=0)
     stage = MidasBatches(MODALITIES, batch_size=8, index=index, stats=table, policy="hard", window=12)
-    batches = run(pipeline(index, stage))
+    loader = wds.WebLoader(pipeline(index, stage), batch_size=None, num_workers=2, persistent_workers=True)
+    first = list(loader)  # nothing known yet: uniform draws
+    assert all(torch.equal(b.extras["importance_weights"], torch.ones(len(b))) for b in first)
+    assert all(int(b.extras["stats_updates"]) == 0 for b in first)
+    # Updated in this process after the workers started: they see it through shared memory.
+    # Hard samples in runs (not alternating, which systematic resampling would treat as
+    # one periodic block): the first half of every 12-sample shard.
+    hard = torch.arange(48) % 12 < 6
+    table.update(torch.arange(48), similarity=torch.where(hard, 1.0, -1.0), misaligned_loss=torch.ones(48), step=0)
+    stage.set_epoch(1)
+    batches = list(loader)
     ids = torch.cat([b.ids for b in batches])
     weights = torch.cat([b.extras["importance_weights"] for b in batches])
-    assert ids.numel() == 48 and len(batches) == stage.batches_per_epoch(2)
-    assert (ids % 2 == 0).sum() > (ids % 2 == 1).sum()
-    assert torch.all(weights[ids % 2 == 0] < 1) and torch.all(weights[ids % 2 == 1] > 1)
+    assert ids.numel() == 48 and len(batches) == len(first) == stage.batches_per_epoch(2)
+    drawn_hard = hard[ids]
+    assert int(drawn_hard.sum()) >= 4 * 7  # each 12-sample window draws its 6 hard samples 7 or 8 times
+    assert torch.all(weights[drawn_hard] < 1) and torch.all(weights[~drawn_hard] > 1)
     assert all(int(b.extras["stats_updates"]) == 1 for b in batches)
 
 
