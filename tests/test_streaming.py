@@ -370,3 +370,13 @@ def test_prioritised_epoch_replays_from_a_restored_table(tmp_path):
     restored.load_state_dict(checkpoint)
     assert train_epoch(restored, 1) == first
     assert any(w != 1.0 for _, weights in first for w in weights)  # the draws were prioritised
+
+
+def test_hf_split_by_examples_breaks_the_counts_and_says_so():
+    from datasets.distributed import split_dataset_by_node
+
+    # 3 shards over 2 ranks: split_dataset_by_node keeps every 2nd example instead of shards.
+    source = split_dataset_by_node(hf_dataset(30).to_iterable_dataset(num_shards=3), rank=0, world_size=2)
+    stage = MidasBatches(MODALITIES, batch_size=4, id_field="id", index=ShardIndex.for_hf(30, 3), rank=0, world_size=2)
+    with pytest.raises(MidasDataError, match="rank 0, worker 0"):
+        list(MidasIterable(source, stage))
