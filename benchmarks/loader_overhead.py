@@ -121,7 +121,7 @@ def tensors(value) -> list[torch.Tensor]:
     if isinstance(value, (list, tuple)):
         return [t for v in value for t in tensors(v)]
     if isinstance(value, MidasBatch):
-        fields = [value.inputs, value.labels, value.ids, value.plan, value._misaligned or {}]
+        fields = [value.inputs, value.labels, value.ids, value.plan, value._misaligned or {}, value.extras]
         return [t for v in fields for t in tensors(v)]
     return []
 
