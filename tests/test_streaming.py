@@ -380,3 +380,13 @@ def test_hf_split_by_examples_breaks_the_counts_and_says_so():
     stage = MidasBatches(MODALITIES, batch_size=4, id_field="id", index=ShardIndex.for_hf(30, 3), rank=0, world_size=2)
     with pytest.raises(MidasDataError, match="rank 0, worker 0"):
         list(MidasIterable(source, stage))
+
+
+@pytest.mark.parametrize("n", [2, 9, 17, 18, 19])
+def test_without_an_index_every_sample_lands_in_a_batch_of_two_or_more(n):
+    samples = [{"a": torch.zeros(1), "b": torch.zeros(1), "label": i % 2, "id": i} for i in range(n)]
+    batches = list(MidasBatches(MODALITIES, batch_size=8, id_field="id", window=4)(iter(samples)))
+    assert sorted(i for b in batches for i in b.ids.tolist()) == list(range(n))
+    assert all(2 <= len(b) <= 8 for b in batches)
+    with pytest.raises(MidasDataError, match="single sample"):
+        list(MidasBatches(MODALITIES, batch_size=8, id_field="id")(iter(samples[:1])))
