@@ -116,7 +116,8 @@ def test_streamed_batches_have_the_map_style_form(tmp_path, mode):
 def test_two_workers_see_every_sample_once_in_the_planned_number_of_batches(tmp_path):
     index = shards(tmp_path)
     stage = MidasBatches(MODALITIES, batch_size=8, index=index, window=16)
-    batches = run(pipeline(index, stage.__call__, shardshuffle=4))
+    source = wds.WebDataset(index.urls, shardshuffle=4, nodesplitter=wds.split_by_node, empty_check=False)
+    batches = run(source.shuffle(20).compose(stage))  # shard shuffle and a sample shuffle buffer upstream
     assert sorted(i for b in batches for i in b.ids.tolist()) == list(range(50))
     assert len(batches) == stage.batches_per_epoch(2) == 7
     assert max(len(b) for b in batches) <= 8 and min(len(b) for b in batches) >= 2
