@@ -391,3 +391,25 @@ def test_without_an_index_every_sample_lands_in_a_batch_of_two_or_more(n):
     assert all(2 <= len(b) <= 8 for b in batches)
     with pytest.raises(MidasDataError, match="single sample"):
         list(MidasBatches(MODALITIES, batch_size=8, id_field="id")(iter(samples[:1])))
+
+
+def test_spawned_persistent_worker_follows_set_epoch_and_reports_skips(tmp_path):
+    index = shards(tmp_path, n=20, shard_size=10)
+    rewrite(index.urls[0], lambda n, d: (n, d[:10]) if n == "000000003.a.npy" else (n, d))
+
+    def make_stage():
+        return MidasBatches(MODALITIES, batch_size=4, index=index, handler=wds.ignore_and_continue, seed=1)
+
+    stage = make_stage()
+    loader = wds.WebLoader(
+        pipeline(index, stage), batch_size=None, num_workers=1, persistent_workers=True, multiprocessing_context="spawn"
+    )
+    epochs = []
+    for epoch in (0, 1):
+        stage.set_epoch(epoch)  # after the worker started: reaches it through shared memory
+        epochs.append([(b.ids.tolist(), b.plan.tolist()) for b in loader])
+        reference = make_stage()
+        reference.set_epoch(epoch)
+        assert epochs[-1] == [(b.ids.tolist(), b.plan.tolist()) for b in pipeline(index, reference)]
+    assert epochs[0] != epochs[1]
+    assert stage.skip_counts()["skipped"] == 2  # one bad member per epoch, counted in the worker
