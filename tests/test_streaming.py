@@ -413,3 +413,13 @@ def test_spawned_persistent_worker_follows_set_epoch_and_reports_skips(tmp_path)
         assert epochs[-1] == [(b.ids.tolist(), b.plan.tolist()) for b in pipeline(index, reference)]
     assert epochs[0] != epochs[1]
     assert stage.skip_counts()["skipped"] == 2  # one bad member per epoch, counted in the worker
+
+
+def test_a_node_split_that_disagrees_with_the_stage_is_an_error(tmp_path):
+    index = shards(tmp_path)
+    # The stage is rank 1 of 2, but wds.split_by_node sees no process group: all shards come.
+    stage = MidasBatches(MODALITIES, batch_size=8, index=index, rank=1, world_size=2)
+    with pytest.raises(MidasDataError, match="shard-000000.tar.*should read shards.*stage.split_by_node"):
+        run(pipeline(index, stage), workers=0)
+    batches = run(pipeline(index, stage, nodesplitter=stage.split_by_node), workers=0)
+    assert sorted(i for b in batches for i in b.ids.tolist()) == list(range(13, 26)) + list(range(39, 50))
