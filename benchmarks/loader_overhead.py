@@ -11,6 +11,11 @@ input once, as a training step would; for input level it also builds the misalig
 (by default that gather happens on the consumer's side, see
 ``MidasCollate(materialize_in_worker=...)``). Prints one JSON line.
 
+The streaming case writes the same items as webdataset tar shards on local disk (the JPEG
+bytes and the waveform, so the decoding work stays in the loader) and compares the MIDAS
+stage (``midas_data.streaming.MidasBatches``) with the same pipeline ending in webdataset's
+plain ``.batched()``: ``streaming_ratio``.
+
     python benchmarks/loader_overhead.py [--samples 4096] [--batch-size 64] [--workers 2] [--repeats 15]
 """
 
@@ -20,6 +25,7 @@ import argparse
 import io
 import json
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -50,14 +56,60 @@ class DecodingDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
-        from PIL import Image
+        return decode_item(self.jpegs[i % 32], self.waves[i % 32], int(self.labels[i]), self.window)
 
-        image = Image.open(io.BytesIO(self.jpegs[i % 32])).convert("RGB")
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        wave = self.waves[i % 32]
-        frames = np.lib.stride_tricks.sliding_window_view(wave, 126)[::126][:63] * self.window
-        spec = np.log1p(np.abs(np.fft.rfft(frames, axis=1)) ** 2)[:, :64].T.astype(np.float32)
-        return {"image": pixels, "audio": torch.from_numpy(spec).unsqueeze(0), "label": int(self.labels[i])}
+    def raw(self, i: int) -> dict:
+        """Item ``i`` before decoding, as shard members."""
+        return {"image.jpg": self.jpegs[i % 32], "audio.npy": self.waves[i % 32], "label.cls": int(self.labels[i])}
+
+
+def decode_item(jpeg: bytes, wave: np.ndarray, label: int, window: np.ndarray) -> dict:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    frames = np.lib.stride_tricks.sliding_window_view(wave, 126)[::126][:63] * window
+    spec = np.log1p(np.abs(np.fft.rfft(frames, axis=1)) ** 2)[:, :64].T.astype(np.float32)
+    return {"image": pixels, "audio": torch.from_numpy(spec).unsqueeze(0), "label": label}
+
+
+class DecodeShardSample:
+    """The webdataset ``.map`` of both streaming pipelines: the same work as ``__getitem__``."""
+
+    def __init__(self) -> None:
+        self.window = np.hanning(126).astype(np.float32)
+
+    def __call__(self, sample: dict) -> dict:
+        wave = np.load(io.BytesIO(sample["audio.npy"]), allow_pickle=False)
+        item = decode_item(sample["image.jpg"], wave, int(sample["label.cls"]), self.window)
+        return {"__key__": sample["__key__"], "__url__": sample["__url__"], **item}
+
+
+def streaming_loaders(dataset: DecodingDataset, folder: str, batch_size: int, workers: int) -> dict:
+    """Plain ``.batched()`` and the MIDAS stage over the same shards and the same decoding."""
+    import webdataset as wds
+
+    from midas_data.streaming import MidasBatches, ShardIndex
+
+    urls = []
+    shard_size = max(2, len(dataset) // (4 * max(workers, 1)))
+    for first in range(0, len(dataset), shard_size):
+        urls.append(f"{folder}/bench-{first // shard_size:06d}.tar")
+        with wds.TarWriter(urls[-1]) as sink:
+            for i in range(first, min(first + shard_size, len(dataset))):
+                sink.write({"__key__": f"{i:09d}", **dataset.raw(i)})
+    index = ShardIndex.scan(urls)
+
+    def source() -> wds.WebDataset:
+        return wds.WebDataset(urls, shardshuffle=False, empty_check=False).map(DecodeShardSample())
+
+    stage = MidasBatches(("image", "audio"), batch_size=batch_size, index=index)
+    common = dict(batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+    plain = source().to_tuple("image", "audio", "label").batched(batch_size)
+    return {
+        "streaming_plain": wds.WebLoader(plain, **common),
+        "streaming": wds.WebLoader(source().compose(stage), **common),
+    }
 
 
 def tensors(value) -> list[torch.Tensor]:
@@ -66,8 +118,10 @@ def tensors(value) -> list[torch.Tensor]:
         return [value]
     if isinstance(value, dict):
         return [t for v in value.values() for t in tensors(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in tensors(v)]
     if isinstance(value, MidasBatch):
-        fields = [value.inputs, value.labels, value.ids, value.plan, value._misaligned or {}]
+        fields = [value.inputs, value.labels, value.ids, value.plan, value._misaligned or {}, value.extras]
         return [t for v in fields for t in tensors(v)]
     return []
 
@@ -85,11 +139,13 @@ def touch(value) -> float:
     """Read every element once, as a training step reading its inputs would."""
     if isinstance(value, torch.Tensor):
         return float(value.sum())
+    if isinstance(value, (list, tuple)):
+        return sum(touch(v) for v in value)
     return sum(touch(v) for v in value.values())
 
 
 def epoch_rate(loader: DataLoader, epoch: int) -> tuple[float, int, int]:
-    if hasattr(loader.batch_sampler, "set_epoch"):
+    if hasattr(getattr(loader, "batch_sampler", None), "set_epoch"):
         set_epoch(loader, epoch)
     samples, start = 0, time.perf_counter()
     shipped = shared = 0
@@ -99,6 +155,9 @@ def epoch_rate(loader: DataLoader, epoch: int) -> tuple[float, int, int]:
         if isinstance(batch, dict):
             samples += len(batch["label"])
             touch({k: batch[k] for k in ("image", "audio")})
+        elif isinstance(batch, (list, tuple)):  # webdataset's plain .batched(): image, audio, label
+            samples += len(batch[2])
+            touch(batch[:2])
         else:
             samples += len(batch)
             touch(batch.inputs)
@@ -114,6 +173,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--no-streaming", action="store_true", help="skip the webdataset case")
     args = parser.parse_args()
     # The workers keep both cores busy; a second intra-op thread in the consuming process
     # only stalls in OpenMP barriers (tens of ms per small op on this machine), for every
@@ -131,6 +191,9 @@ def main() -> None:
             dataset, ("image", "audio"), batch_size=args.batch_size, mode="input", materialize_in_worker=True, **common
         ),
     }
+    folder = tempfile.TemporaryDirectory()
+    if not args.no_streaming:
+        loaders.update(streaming_loaders(dataset, folder.name, args.batch_size, args.workers))
     rates: dict[str, list[float]] = {name: [] for name in loaders}
     sizes: dict[str, int] = {}
     shared: dict[str, int] = {}
@@ -145,8 +208,16 @@ def main() -> None:
             rates[name].append(rate)
     median = {name: statistics.median(values) for name, values in rates.items()}
 
-    def paired(name: str) -> float:
-        return round(statistics.median(r / p for r, p in zip(rates[name], rates["plain"])), 3)
+    def paired(name: str, baseline: str = "plain") -> float:
+        return round(statistics.median(r / p for r, p in zip(rates[name], rates[baseline])), 3)
+
+    streaming = {}
+    if not args.no_streaming:
+        streaming = {
+            "streaming_plain_samples_per_s": round(median["streaming_plain"], 1),
+            "streaming_samples_per_s": round(median["streaming"], 1),
+            "streaming_ratio": paired("streaming", "streaming_plain"),
+        }
 
     print(
         json.dumps(
@@ -158,6 +229,7 @@ def main() -> None:
                 "input_level_ratio": paired("input_level"),
                 "feature_level_ratio": paired("feature_level"),
                 "input_level_in_worker_ratio": paired("input_level_in_worker"),
+                **streaming,
                 "extra_bytes_per_batch": {
                     "feature_level": sizes["feature_level"] - sizes["plain"],
                     "input_level": sizes["input_level"] - sizes["plain"],

@@ -47,7 +47,40 @@ def _parser() -> argparse.ArgumentParser:
         help="torch intra-op threads (default: %(default)s; the models are small and one thread is fastest)",
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_shards_parser(commands)
     return parser
+
+
+def _add_shards_parser(commands: Any) -> None:
+    shards = commands.add_parser(
+        "shards",
+        help="write a dataset as webdataset tar shards with their index (for midas_data.streaming)",
+        description="Write a dataset split as webdataset tar shards (one .npy member per modality, the label as "
+        ".cls) plus index.json (shard sizes, key -> stats-table slot). Prints one JSON line.",
+    )
+    shards.add_argument("--dataset", choices=("demo",), default="demo", help="dataset to write (default: demo)")
+    shards.add_argument("--split", choices=("train", "val", "test"), default="train", help="split (default: train)")
+    shards.add_argument("--out", required=True, help="output folder")
+    shards.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: %(default)s)")
+    shards.add_argument("--seed", type=int, default=0, help="seed of the demo's data split")
+    shards.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_shards(args: argparse.Namespace) -> dict[str, Any]:
+    from .experiments.demo import load_demo_splits
+    from .streaming import write_shards
+
+    dataset = load_demo_splits(seed=args.seed)[args.split]
+    index = write_shards(
+        dataset,
+        args.out,
+        ("image", "audio"),
+        "label",
+        shard_size=args.shard_size,
+        prefix=f"{args.dataset}-{args.split}",
+        progress=not args.no_progress,
+    )
+    return {"shards": str(args.out), "num_shards": len(index.shards), "num_samples": index.num_samples}
 
 
 def _subset(dataset: Any, size: int, seed: int) -> Any:
@@ -129,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         summary = run_demo(args)
         print(json.dumps(summary), flush=True)
+    elif args.command == "shards":
+        print(json.dumps(run_shards(args)), flush=True)
     return 0
 
 

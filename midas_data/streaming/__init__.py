@@ -1,0 +1,36 @@
+"""Streaming sharded data: MIDAS batches from webdataset shards and Hugging Face
+``IterableDataset``, with the feedback loop.
+
+``stage.py`` is the stream stage (:class:`MidasBatches`), ``ids.py`` the shard index
+(sizes and key -> slot ids), ``balance.py`` equal work per rank, ``window.py`` prioritised
+draws in a bounded window, ``decode.py`` safe member decoding, ``hf.py`` the Hugging Face
+wrapper and ``writer.py`` the shard writer. webdataset and datasets are imported only
+where they are used (``writer.py``, and by your own pipeline code).
+"""
+
+from .balance import batch_counts, split_sizes, worker_shards
+from .decode import PICKLE_EXTENSIONS, decode_member
+from .hf import MidasIterable
+from .ids import INDEX_NAME, ShardEntry, ShardIndex, slot_key
+from .stage import MidasBatches, SkipHandler, WorkerPlace, midas_batches
+from .window import draw_window
+from .writer import write_shards
+
+__all__ = [
+    "MidasBatches",
+    "midas_batches",
+    "MidasIterable",
+    "ShardIndex",
+    "ShardEntry",
+    "INDEX_NAME",
+    "slot_key",
+    "write_shards",
+    "SkipHandler",
+    "WorkerPlace",
+    "decode_member",
+    "PICKLE_EXTENSIONS",
+    "draw_window",
+    "batch_counts",
+    "split_sizes",
+    "worker_shards",
+]
