@@ -47,7 +47,33 @@ def _parser() -> argparse.ArgumentParser:
         help="torch intra-op threads (default: %(default)s; the models are small and one thread is fastest)",
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_reproduce(commands)
     return parser
+
+
+def _add_reproduce(commands: Any) -> None:
+    from .recipes.reproduce import add_arguments
+
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="train the paper's setup on a copy of CREMA-D, Kinetics-Sounds, UCF-101, Food-101 or CMU-MOSI",
+        description="Train the paper's configuration on your copy of a dataset (layouts in docs/recipes.md); "
+        "--dry-run checks that every sample reads, --write-shards writes webdataset shards.",
+    )
+    add_arguments(reproduce)
+
+
+def run_reproduce_command(args: argparse.Namespace) -> int:
+    from .errors import MidasDataError
+    from .recipes.reproduce import main_json, run_reproduce
+
+    try:
+        summary = run_reproduce(args)
+    except (MidasDataError, FileExistsError, FileNotFoundError) as err:
+        print(f"midas_data reproduce: error: {err}", file=sys.stderr)
+        return 2
+    print(main_json(summary), flush=True)
+    return 0
 
 
 def _subset(dataset: Any, size: int, seed: int) -> Any:
@@ -129,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         summary = run_demo(args)
         print(json.dumps(summary), flush=True)
+    elif args.command == "reproduce":
+        return run_reproduce_command(args)
     return 0
 
 
