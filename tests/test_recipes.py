@@ -24,7 +24,16 @@ from midas_data.recipes import RECIPES, RecipeDataset, apply_overrides, recipe_c
 from midas_data.recipes.encoders import FrameEncoder, ResNet18, SpectrogramEncoder  # noqa: E402
 
 # Small preprocessing so the fixtures run in seconds; the code paths are the paper's.
-SMALL = ["audio_frames=48", "image_size=32", "num_workers=0", "batch_size=4", "text_length=12", "sequence_length=6"]
+SMALL = [
+    "audio_frames=48",
+    "image_size=32",
+    "num_workers=0",
+    "batch_size=4",
+    "text_length=12",
+    "sequence_length=6",
+    "resnet_width=8",
+    "feature_dim=16",
+]
 RNG = np.random.default_rng(0)
 
 

@@ -44,7 +44,8 @@ class RecipeConfig:
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     eval_seed: int = 1234  # pairs of the misaligned validation and test samples
     num_workers: int = 4
-    feature_dim: int = 512  # per-modality feature size (ResNet-18 gives 512)
+    feature_dim: int = 512  # feature size of the text and sequence encoders
+    resnet_width: int = 64  # ResNet-18's first width (64 is the standard network; less for smoke tests only)
     # preprocessing
     mel_bins: int = 128
     audio_frames: int = 1024  # fbank frames of 10 ms, cut or zero-padded

@@ -71,7 +71,7 @@ def audio_video_readers(config: RecipeConfig, tokenizer: Any = None) -> dict[str
 
 
 def audio_video_encoders(config: RecipeConfig, item: Mapping[str, Any], tokenizer: Any = None) -> dict[str, nn.Module]:
-    return {"audio": SpectrogramEncoder(), "video": FrameEncoder(3)}
+    return {"audio": SpectrogramEncoder(config.resnet_width), "video": FrameEncoder(3, config.resnet_width)}
 
 
 RECIPE = Recipe("cremad", "CREMA-D", LAYOUT, scan, audio_video_readers, audio_video_encoders)

@@ -40,23 +40,22 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """``[N, in_channels, H, W] -> [N, 512]``."""
+    """``[N, in_channels, H, W] -> [N, 8 * width]`` (``[N, 512]`` at the standard width 64;
+    a narrower one only serves quick checks of a pipeline)."""
 
-    widths = (64, 128, 256, 512)
-
-    def __init__(self, in_channels: int) -> None:
+    def __init__(self, in_channels: int, width: int = 64) -> None:
         super().__init__()
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False),
-            nn.BatchNorm2d(64),
+            nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, 1),
         ]
-        previous = 64
-        for stage, width in enumerate(self.widths):
+        previous = width
+        for stage, channels in enumerate((width, 2 * width, 4 * width, 8 * width)):
             stride = 1 if stage == 0 else 2
-            layers += [BasicBlock(previous, width, stride), BasicBlock(width, width, 1)]
-            previous = width
+            layers += [BasicBlock(previous, channels, stride), BasicBlock(channels, channels, 1)]
+            previous = channels
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.out_features = previous
@@ -71,9 +70,9 @@ class ResNet18(nn.Module):
 class SpectrogramEncoder(nn.Module):
     """A ResNet-18 over a one-channel fbank ``[B, 1, frames, mel_bins]`` -> ``[B, 512]``."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 64) -> None:
         super().__init__()
-        self.resnet = ResNet18(1)
+        self.resnet = ResNet18(1, width)
         self.out_features = self.resnet.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,10 +84,10 @@ class SpectrogramEncoder(nn.Module):
 class FrameEncoder(nn.Module):
     """A 2-D ResNet-18 over every frame, then the mean over time: ``[B, C, T, H, W] -> [B, 512]``."""
 
-    def __init__(self, in_channels: int) -> None:
+    def __init__(self, in_channels: int, width: int = 64) -> None:
         super().__init__()
         self.in_channels = in_channels
-        self.resnet = ResNet18(in_channels)
+        self.resnet = ResNet18(in_channels, width)
         self.out_features = self.resnet.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -62,7 +62,7 @@ def encoders(config: RecipeConfig, item: Mapping[str, Any], tokenizer: Any = Non
     vocab = getattr(tokenizer or ByteTokenizer(), "vocab_size", None)
     if not isinstance(vocab, int):
         raise ValueError("tokenizer: expected a vocab_size attribute (int) to size the token embedding")
-    return {"image": FrameEncoder(3), "text": TokenEncoder(vocab, config.feature_dim)}
+    return {"image": FrameEncoder(3, config.resnet_width), "text": TokenEncoder(vocab, config.feature_dim)}
 
 
 RECIPE = Recipe("food101", "Food-101", LAYOUT, scan, readers, encoders)

@@ -57,7 +57,7 @@ def readers(config: RecipeConfig, tokenizer: Any = None) -> dict[str, Reader]:
 
 
 def encoders(config: RecipeConfig, item: Mapping[str, Any], tokenizer: Any = None) -> dict[str, nn.Module]:
-    return {"rgb": FrameEncoder(3), "flow": FrameEncoder(2)}
+    return {"rgb": FrameEncoder(3, config.resnet_width), "flow": FrameEncoder(2, config.resnet_width)}
 
 
 RECIPE = Recipe("ucf101", "UCF-101", LAYOUT, scan, readers, encoders)
