@@ -300,7 +300,7 @@ def test_unreadable_and_missing_media_fail_with_the_path_or_are_skipped_and_list
 # -- the command -----------------------------------------------------------------------------
 def test_dry_run_prints_counts_per_class_and_split_and_the_first_batch(tmp_path, capsys):
     root = make_cremad(tmp_path / "c", per_class=4)
-    sets = [x for s in SMALL for x in ("--set", s)]
+    sets = [x for s in SMALL + ["num_workers=2"] for x in ("--set", s)]  # readers go to worker processes
     assert main(["reproduce", "--dataset", "cremad", "--root", str(root), "--dry-run", "--no-progress", *sets]) == 0
     out = capsys.readouterr().out
     assert "class   train     val    test" in out
@@ -340,6 +340,18 @@ def test_reproduce_trains_two_epochs_writes_the_report_and_resumes(tmp_path, cap
     assert [r["epoch"] for r in results["history"]["midas"]] == [0, 1, 2]
     saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert saved["state"]["epoch"] == 2 and saved["objective"]["epoch"] == 2
+
+
+def test_reproduce_trains_three_modalities_on_mosi(tmp_path, capsys):
+    root = make_mosi(tmp_path / "m")
+    sets = [x for s in SMALL + ["warmup_epochs=1"] for x in ("--set", s)]
+    out = tmp_path / "run"
+    args = ["reproduce", "--dataset", "mosi", "--root", str(root), "--out", str(out), "--epochs", "2", "--no-progress"]
+    assert main(args + sets) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary["midas"]["per_modality_accuracy"]) == {"text", "audio", "vision"}
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["alpha_steps"]["midas"][-1]) == 3  # one alpha per modality, after the warm-up too
 
 
 def test_write_shards_goes_through_the_streaming_writer(tmp_path, capsys):

@@ -94,7 +94,7 @@ def read_image(path: Path, size: int, mode: str = "RGB", flip: bool = False) -> 
         raise ImportError("reading images needs pillow: pip install 'midas-data[vision]'") from err
     try:
         with Image.open(path) as image:
-            image = image.convert(mode).resize((size, size), Image.BILINEAR)
+            image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.float32) / 255.0
     except Exception as err:  # pillow raises several types for bad files
         raise MidasDataError(f"{path}: cannot read as an image ({err}); expected a JPEG or PNG file") from err

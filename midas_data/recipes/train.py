@@ -130,7 +130,7 @@ def train_run(
     num_classes = model.num_classes
     model.to(device)
     method = make_method(config, num_classes)
-    workers = {"num_workers": config.num_workers, "pin_memory": device.type == "cuda"}
+    workers: dict[str, Any] = {"num_workers": config.num_workers, "pin_memory": device.type == "cuda"}
     if config.num_workers > 0:
         workers["persistent_workers"] = True
     train_loader = midas_loader(
