@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_shards_parser(commands)
+    _add_reproduce(commands)
     return parser
 
 
@@ -81,6 +82,31 @@ def run_shards(args: argparse.Namespace) -> dict[str, Any]:
         progress=not args.no_progress,
     )
     return {"shards": str(args.out), "num_shards": len(index.shards), "num_samples": index.num_samples}
+
+
+def _add_reproduce(commands: Any) -> None:
+    from .recipes.reproduce import add_arguments
+
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="train the paper's setup on a copy of CREMA-D, Kinetics-Sounds, UCF-101, Food-101 or CMU-MOSI",
+        description="Train the paper's configuration on your copy of a dataset (layouts in docs/recipes.md); "
+        "--dry-run checks that every sample reads, --write-shards writes webdataset shards.",
+    )
+    add_arguments(reproduce)
+
+
+def run_reproduce_command(args: argparse.Namespace) -> int:
+    from .errors import MidasDataError
+    from .recipes.reproduce import main_json, run_reproduce
+
+    try:
+        summary = run_reproduce(args)
+    except (MidasDataError, FileExistsError, FileNotFoundError) as err:
+        print(f"midas_data reproduce: error: {err}", file=sys.stderr)
+        return 2
+    print(main_json(summary), flush=True)
+    return 0
 
 
 def _subset(dataset: Any, size: int, seed: int) -> Any:
@@ -164,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(summary), flush=True)
     elif args.command == "shards":
         print(json.dumps(run_shards(args)), flush=True)
+    elif args.command == "reproduce":
+        return run_reproduce_command(args)
     return 0
 
 
