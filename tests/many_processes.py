@@ -11,6 +11,7 @@ import gc
 import hashlib
 import os
 import socket
+import sys
 from typing import Any
 
 import torch
@@ -74,6 +75,22 @@ def shutdown() -> None:
     gc.collect()  # DDP models keep their own reference to the group
     dist.barrier()
     dist.destroy_process_group()
+
+
+def leave_rank() -> None:
+    """End a spawned rank whose results are saved: tear the group down, then exit without
+    interpreter teardown, where gloo now and then aborts a process on a loaded machine
+    (``example_runs.TEARDOWN_ABORT``). Call it last in the ``try`` block: on an error the
+    ``finally`` block tears down and the error reaches the test."""
+    shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def tear_down_after_error() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def digest(table: StatsTable) -> str:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from many_processes import leave_rank, tear_down_after_error
 
 from midas_data.feedback.columns import pack_statistics
 from midas_data.feedback.sampler import DistributedMidasBatchSampler
@@ -106,9 +107,9 @@ def _rank_main(rank: int, port: int, results: str) -> None:
         out["order"] = sampler.current_plan.order.clone()
         out["policy"] = sampler.current_plan.policy
         torch.save(out, f"{results}/rank{rank}.pt")
+        leave_rank()
     finally:
-        dist.barrier()  # every rank's last collective done before the group goes
-        dist.destroy_process_group()
+        tear_down_after_error()
 
 
 def test_two_gloo_ranks_get_identical_tables_and_plans(tmp_path):

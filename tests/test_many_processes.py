@@ -15,8 +15,9 @@ from many_processes import (
     digest,
     free_port,
     init_gloo,
+    leave_rank,
     make_model,
-    shutdown,
+    tear_down_after_error,
 )
 
 from midas_data import MidasDataError, MidasObjective, StatsTable, midas_loader, sync_stats
@@ -44,8 +45,9 @@ def _ddp_main(rank: int, port: int, out: str) -> None:
             tail = ddp_run(rank, WORLD, epochs=3, resume_from=restored, loader_class=StatefulDataLoader)
             result[name] = {"head": head["steps"], "tail": tail["steps"], "digest": tail["digest"]}
         torch.save(result, f"{out}/ddp{rank}.pt")
+        leave_rank()
     finally:
-        shutdown()
+        tear_down_after_error()
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +155,9 @@ def _accelerate_main(rank: int, port: int, out: str) -> None:
                 errors[name] = str(err)
         result["errors"] = errors
         torch.save(result, f"{out}/acc{rank}.pt")
+        leave_rank()
     finally:
-        shutdown()
+        tear_down_after_error()
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,12 @@ processes and print their JSON line."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from example_runs import ROOT, run_example
 
 
 def readme_loop() -> str:
@@ -34,13 +31,8 @@ def test_the_readme_loop_runs_as_written():
 def test_the_multi_process_examples_run_on_two_cpu_processes(example):
     if example == "accelerate_train.py":
         pytest.importorskip("accelerate")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(ROOT / "examples" / example), "--epochs", "3", "--warmup-epochs", "1",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "examples" / example)]
+    report = run_example([*args, "--epochs", "3", "--warmup-epochs", "1"], cwd=ROOT, timeout=300)
     assert report["samples_per_rank_per_epoch"] == [[500] * 3, [500] * 3]
     assert report["alpha_per_rank"][0] == report["alpha_per_rank"][1]
     assert 0.0 <= report["test_accuracy"] <= 1.0

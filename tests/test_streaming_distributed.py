@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from many_processes import leave_rank, tear_down_after_error
 from torch.utils.data import DataLoader
 
 from midas_data.streaming import MidasBatches, MidasIterable, ShardIndex
@@ -99,8 +100,10 @@ def _rank_main(rank: int, port: int, root: str, results: str) -> None:
         hf = MidasIterable(source, hf_stage)
         out["hf"] = _steps(DataLoader(hf, batch_size=None, **fork), hf.set_epoch)
         torch.save(out, f"{results}/rank{rank}.pt")
+        del loader, hf  # their persistent workers end before the process does
+        leave_rank()
     finally:
-        dist.destroy_process_group()
+        tear_down_after_error()
 
 
 def test_two_ranks_two_workers_four_uneven_shards(tmp_path):
