@@ -4,6 +4,8 @@ things, to keep process start-up off the suite's time."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -38,7 +40,7 @@ def _ddp_main(rank: int, port: int, out: str) -> None:
         for name, stop in (("mid", (1, 3)), ("boundary", (1, 7))):
             head = ddp_run(rank, WORLD, epochs=3, stop_at=stop, loader_class=StatefulDataLoader)
             ckpt = head["checkpoint"]
-            buffer = __import__("io").BytesIO()
+            buffer = io.BytesIO()
             torch.save(ckpt, buffer)
             buffer.seek(0)
             restored = torch.load(buffer, weights_only=False)
@@ -50,12 +52,17 @@ def _ddp_main(rank: int, port: int, out: str) -> None:
         tear_down_after_error()
 
 
+def _spawn(main, name: str, tmp_path_factory) -> list[dict]:
+    """Run ``main(rank, port, out)`` on WORLD ranks; each saves ``out/{name}{rank}.pt``."""
+    out = tmp_path_factory.mktemp(name)
+    mp.spawn(main, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"{name}{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     pytest.importorskip("torchdata.stateful_dataloader")
-    out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_ddp_main, args=(free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"ddp{r}.pt", weights_only=False) for r in range(WORLD)]
+    return _spawn(_ddp_main, "ddp", tmp_path_factory)
 
 
 def _by_epoch(steps):
@@ -163,9 +170,7 @@ def _accelerate_main(rank: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def accelerate_results(tmp_path_factory):
     pytest.importorskip("accelerate")
-    out = tmp_path_factory.mktemp("accelerate")
-    mp.spawn(_accelerate_main, args=(free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"acc{r}.pt", weights_only=False) for r in range(WORLD)]
+    return _spawn(_accelerate_main, "acc", tmp_path_factory)
 
 
 def test_accelerate_prepare_gives_every_sample_once_per_epoch(accelerate_results):
