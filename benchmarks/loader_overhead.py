@@ -13,8 +13,10 @@ input once, as a training step would; for input level it also builds the misalig
 
 The streaming case writes the same items as webdataset tar shards on local disk (the JPEG
 bytes and the waveform, so the decoding work stays in the loader) and compares the MIDAS
-stage (``midas_data.streaming.MidasBatches``) with the same pipeline ending in webdataset's
-plain ``.batched()``: ``streaming_ratio``.
+stage (``midas_data.streaming.MidasBatches``, no shuffle of its own) with the same pipeline
+ending in webdataset's plain ``.batched()``: ``streaming_ratio``; and the stage's 256-sample
+shuffle window with a 256-sample ``.shuffle()`` buffer before ``.batched()``:
+``streaming_shuffled_ratio``.
 
     python benchmarks/loader_overhead.py [--samples 4096] [--batch-size 64] [--workers 2] [--repeats 15]
 """
@@ -103,12 +105,18 @@ def streaming_loaders(dataset: DecodingDataset, folder: str, batch_size: int, wo
     def source() -> wds.WebDataset:
         return wds.WebDataset(urls, shardshuffle=False, empty_check=False).map(DecodeShardSample())
 
-    stage = MidasBatches(("image", "audio"), batch_size=batch_size, index=index)
+    # Like for like: the stage without its own shuffle against plain batching, and the
+    # stage's 256-sample shuffle window against a 256-sample webdataset shuffle buffer.
+    in_order = MidasBatches(("image", "audio"), batch_size=batch_size, index=index, shuffle=False)
+    windowed = MidasBatches(("image", "audio"), batch_size=batch_size, index=index, window=256)
     common = dict(batch_size=None, num_workers=workers, persistent_workers=workers > 0)
     plain = source().to_tuple("image", "audio", "label").batched(batch_size)
+    shuffled = source().shuffle(256).to_tuple("image", "audio", "label").batched(batch_size)
     return {
         "streaming_plain": wds.WebLoader(plain, **common),
-        "streaming": wds.WebLoader(source().compose(stage), **common),
+        "streaming": wds.WebLoader(source().compose(in_order), **common),
+        "streaming_plain_shuffled": wds.WebLoader(shuffled, **common),
+        "streaming_shuffled": wds.WebLoader(source().compose(windowed), **common),
     }
 
 
@@ -217,6 +225,7 @@ def main() -> None:
             "streaming_plain_samples_per_s": round(median["streaming_plain"], 1),
             "streaming_samples_per_s": round(median["streaming"], 1),
             "streaming_ratio": paired("streaming", "streaming_plain"),
+            "streaming_shuffled_ratio": paired("streaming_shuffled", "streaming_plain_shuffled"),
         }
 
     print(

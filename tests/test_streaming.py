@@ -393,6 +393,27 @@ def test_without_an_index_every_sample_lands_in_a_batch_of_two_or_more(n):
         list(MidasBatches(MODALITIES, batch_size=8, id_field="id")(iter(samples[:1])))
 
 
+def test_first_batch_waits_for_a_window_only_when_one_is_drawn_from():
+    consumed = []
+
+    def source(n=100):
+        for i in range(n):
+            consumed.append(i)
+            yield {"a": torch.zeros(1), "b": torch.zeros(1), "label": i % 2, "id": i}
+
+    def read_before_first_batch(**options) -> int:
+        consumed.clear()
+        batches = MidasBatches(MODALITIES, batch_size=8, id_field="id", window=32, **options)(source())
+        first = next(batches)
+        assert len(first) == 8
+        return len(consumed)
+
+    assert read_before_first_batch() >= 32  # the shuffle window fills first
+    assert read_before_first_batch(shuffle=False) <= 8 + 2 + 1  # in order: as soon as a batch is full
+    in_order = list(MidasBatches(MODALITIES, batch_size=8, id_field="id", window=32, shuffle=False)(source()))
+    assert [i for b in in_order for i in b.ids.tolist()] == list(range(100))  # stream order, each once
+
+
 def test_spawned_persistent_worker_follows_set_epoch_and_reports_skips(tmp_path):
     index = shards(tmp_path, n=20, shard_size=10)
     rewrite(index.urls[0], lambda n, d: (n, d[:10]) if n == "000000003.a.npy" else (n, d))

@@ -119,8 +119,11 @@ class MidasBatches:
         weak_modality: for ``"weak_modality"``: the modality to favour (default: the weak
             one in the table at the start of each epoch, per worker).
         window: samples held and drawn from at once (the bound on the priority buffer; also
-            a shuffle buffer for the uniform policy).
-        shuffle: uniform policy: shuffle within each window (``False``: stream order).
+            a shuffle buffer for the uniform policy). A worker's first batch waits for its
+            first window.
+        shuffle: uniform policy: shuffle within each window (``False``: stream order, and
+            no window is held: batches leave as soon as they are full; shuffle upstream
+            with webdataset's ``.shuffle(n)`` instead).
         resampled: the source resamples shards (``wds.WebDataset(..., resampled=True)``):
             the same sample may come again, so no duplicate check and no index sizes.
         handler: ``None`` (default) raises on a bad sample; a webdataset-style handler
@@ -263,6 +266,9 @@ class MidasBatches:
         window: list[tuple[int, Any]] = []
         ready: deque[tuple[int, Any, float, int]] = deque()
         emitted = arrived = accepted = slots = 0
+        # Without a draw to make (uniform, no shuffle) a window would only delay the first
+        # batch: samples are ready as they come.
+        hold = self.window if (self.shuffle or self.policy != "uniform") else 1
         for sample in samples:
             arrived += 1
             if expected is not None and arrived > expected:
@@ -279,14 +285,14 @@ class MidasBatches:
                 raise
             window.append((sample_id, item))
             accepted += 1
-            if len(window) >= self.window:
+            if len(window) >= hold:
                 ready.extend(self._draw(window, generator, weak))
                 window = []
             # Paced: after the first window, one batch per batch-size of new samples, so
             # every batch costs its worker the same reading work (as plain batching does)
             # instead of a window's worth of reading, then a burst of free batches.
             size, needed = self._next_size(sizes, emitted)
-            if size and len(ready) >= needed and accepted - self.window >= slots + size:
+            if size and len(ready) >= needed and accepted - hold >= slots + size:
                 yield self._batch(ready, size)
                 emitted += 1
                 slots += size
@@ -440,6 +446,9 @@ class MidasBatches:
     def _draw(
         self, window: list[tuple[int, Any]], generator: torch.Generator, weak: int
     ) -> list[tuple[int, Any, float, int]]:
+        if not self.shuffle and self.policy == "uniform":
+            updates = -1 if self.stats is None else self.stats.num_updates
+            return [(sid, item, 1.0, updates) for sid, item in window]
         ids = torch.tensor([sid for sid, _ in window], dtype=torch.int64)
         snapshot, updates = None, -1
         if self.stats is not None:
