@@ -19,7 +19,7 @@ def test_quick_demo_prints_the_json_line_last_and_writes_the_report(tmp_path, ca
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert set(summary) == {"demo", "joint", "midas", "report"}
-    assert summary["demo"] == "digits_speech" and summary["report"] == str(out)
+    assert summary["demo"] == "glyphs_speech" and summary["report"] == str(out)
     for method in ("joint", "midas"):
         assert set(summary[method]) == METRIC_KEYS
         assert set(summary[method]["per_modality_accuracy"]) == {"image", "audio"}
