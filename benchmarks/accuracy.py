@@ -243,7 +243,9 @@ def summarise(
         )
         row["paired"] = {}
         if not method.startswith("unimodal_"):
-            for base in BASELINES:
+            # MIDAS variants (input level, sampler policies) are also paired with plain MIDAS.
+            compared = BASELINES + (("midas",) if method.startswith("midas_") else ())
+            for base in compared:
                 if base != method and records.get(base) is not None:
                     diff = paired_difference([score(r) for r in recs], [score(r) for r in records[base]])
                     row["paired"][base] = {**diff, "verdict": verdict(diff)}
@@ -282,13 +284,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             "",
             f"{first['seeds']} seeds, {first['epochs']} epochs, options `{json.dumps(first['options'])}`",
             "",
-            "| Method | Accuracy | vs joint | vs joint_heads | vs mixup | vs ogm_ge | image head | audio head "
-            "| Misaligned acc. | As trained | precise − as trained |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| Method | Accuracy | vs joint | vs joint_heads | vs mixup | vs ogm_ge | vs midas | image head "
+            "| audio head | Misaligned acc. | As trained | precise − as trained |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in part:
             cells = []
-            for base in BASELINES:
+            for base in (*BASELINES, "midas"):
                 diff = r["paired"].get(base)
                 if diff is None:
                     cells.append("")

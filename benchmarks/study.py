@@ -48,12 +48,12 @@ COMPARED = ("joint", "joint_heads")
 # axis -> list of (label, data overrides, epochs, option overrides, methods)
 Cell = tuple[str, dict[str, Any], int, dict[str, Any], tuple[str, ...]]
 AXES: dict[str, list[Cell]] = {
-    "lambda": [(f"lam={lam}", {}, EPOCHS, {"lam": lam}, ("midas",)) for lam in (0.3, 3.0)],
-    "warmup": [(f"warmup={w}", {}, EPOCHS, {"warmup_epochs": w}, ("midas",)) for w in (0, 5)],
     "imbalance": [
         (f"image_noise={noise}", {"image_noise": noise}, EPOCHS, {}, ("joint_heads", "midas", "unimodal_image"))
-        for noise in (0.3, 1.2)
+        for noise in (1.2, 0.3)
     ],
+    "lambda": [(f"lam={lam}", {}, EPOCHS, {"lam": lam}, ("midas",)) for lam in (0.3, 3.0)],
+    "warmup": [(f"warmup={w}", {}, EPOCHS, {"warmup_epochs": w}, ("midas",)) for w in (0, 5)],
     "length": [("epochs=30", {}, 30, {}, ("joint_heads", "midas"))],
 }
 # Seeds per cell: three (the compute budget of two shared cores); the paired intervals say
