@@ -108,9 +108,7 @@ def deform(glyph: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     elif stroke < 0:
         out = ndimage.grey_erosion(out, size=(2, 2))
     out = ndimage.gaussian_filter(out, rng.uniform(0.3, 1.2))
-    small = out.reshape(SIDE, CANVAS // SIDE, SIDE, CANVAS // SIDE).mean((1, 3)) if CANVAS % SIDE == 0 else None
-    if small is None:
-        small = ndimage.zoom(out, SIDE / CANVAS, order=1)
+    small = ndimage.zoom(out, SIDE / CANVAS, order=1)
     return np.clip(small / max(float(small.max()), 1e-6), 0.0, 1.0)
 
 
