@@ -172,7 +172,7 @@ def execute(jobs: Iterable[Job], worker: tuple[int, int] = (0, 1), log: Path = R
         with log.open("a") as f:
             f.write(json.dumps(record) + "\n")
         done[record["key"]] = record
-        acc = record["test"][PROTOCOL]["accuracy"]
+        acc = score(record)
         print(
             f"[{index}/{count}] {data_label(job[0], job[1])} {job[2]} seed {job[3]} epochs {job[4]}: "
             f"test {100 * acc:.1f} ({time.perf_counter() - started:.0f} s)",
@@ -193,6 +193,25 @@ def per_seed(
     """The logged records of seeds 0..seeds-1, or None if any is missing."""
     found = [runs.get(run_key(dataset, data, method, s, epochs, options)) for s in range(seeds)]
     return None if any(r is None for r in found) else found  # type: ignore[return-value]
+
+
+def logged_seeds(
+    runs: dict[str, dict[str, Any]],
+    dataset: str,
+    data: dict[str, Any],
+    method: str,
+    seeds: int,
+    epochs: int,
+    options: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The logged records of seeds 0, 1, ... up to ``seeds`` - 1, stopping at the first missing one."""
+    found = []
+    for seed in range(seeds):
+        record = runs.get(run_key(dataset, data, method, seed, epochs, options))
+        if record is None:
+            break
+        found.append(record)
+    return found
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -218,10 +237,11 @@ def summarise(
 ) -> list[dict[str, Any]]:
     """One row per method with every seed logged: means, the other protocol, paired differences."""
     options = method_options(dataset, epochs, overrides)
-    records = {m: per_seed(runs, dataset, data, m, seeds, epochs, options) for m in methods}
+    # Each method with the seeds it has (0..n-1); pairs use the seeds both methods have.
+    records = {m: logged_seeds(runs, dataset, data, m, seeds, epochs, options) for m in methods}
     rows = []
     for method, recs in records.items():
-        if recs is None:
+        if len(recs) < 2:
             continue
         tests = [r["test"][PROTOCOL] for r in recs]
         row: dict[str, Any] = {"benchmark": "accuracy", "dataset": dataset, "data": data, "method": method}
@@ -246,12 +266,13 @@ def summarise(
             # MIDAS variants (input level, sampler policies) are also paired with plain MIDAS.
             compared = BASELINES + (("midas",) if method.startswith("midas_") else ())
             for base in compared:
-                if base != method and records.get(base) is not None:
-                    diff = paired_difference([score(r) for r in recs], [score(r) for r in records[base]])
+                n = min(len(recs), len(records.get(base) or []))
+                if base != method and n >= 2:
+                    diff = paired_difference([score(r) for r in recs[:n]], [score(r) for r in records[base][:n]])
                     row["paired"][base] = {**diff, "verdict": verdict(diff)}
         row["per_seed_accuracy"] = [score(r) for r in recs]
         row["seconds_per_run"] = statistics.mean(r["seconds"] for r in recs)
-        row["seeds"] = seeds
+        row["seeds"] = len(recs)
         row["epochs"] = epochs
         row["bn_protocol"] = PROTOCOL
         row["options"] = options
@@ -282,11 +303,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines += [
             f"### {label}: {DESCRIPTIONS.get(first['dataset'], '')}",
             "",
-            f"{first['seeds']} seeds, {first['epochs']} epochs, options `{json.dumps(first['options'])}`",
+            f"{first['epochs']} epochs, options `{json.dumps(first['options'])}`; n: seeds of the row "
+            "(a paired interval uses the seeds both methods have)",
             "",
-            "| Method | Accuracy | vs joint | vs joint_heads | vs mixup | vs ogm_ge | vs midas | image head "
+            "| Method | n | Accuracy | vs joint | vs joint_heads | vs mixup | vs ogm_ge | vs midas | image head "
             "| audio head | Misaligned acc. | As trained | precise − as trained |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in part:
             cells = []
@@ -298,7 +320,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                     text = interval(diff)
                     cells.append(f"**{text}**" if diff["verdict"] != "tie" else text)
             lines.append(
-                f"| {r['method']} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} | "
+                f"| {r['method']} | {r['seeds']} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} | "
                 + " | ".join(cells)
                 + f" | {100 * r['per_modality_accuracy_mean']['image']:.1f}"
                 f" | {100 * r['per_modality_accuracy_mean']['audio']:.1f}"
@@ -313,7 +335,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def write_demo_reference(rows: list[dict[str, Any]], path: Path) -> None:
     """The figures ``python -m midas_data demo`` prints beside its one seed."""
     by_method = {r["method"]: r for r in rows if r["dataset"] == "glyphs" and not r["data"]}
-    if not {"joint", "joint_heads", "midas"} <= set(by_method):
+    if not {"joint", "joint_heads", "midas"} <= set(by_method) or by_method["midas"]["seeds"] < 5:
         return
     midas = by_method["midas"]
     reference = {
@@ -374,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     if rows and index == 0:
         out = Path(args.out)
         out.write_text(markdown(rows))
-        if args.epochs == 15 and args.seeds >= 5:
+        if args.epochs == 15:
             from midas_data.experiments.demo.glyphs import BENCHMARK_REFERENCE
 
             write_demo_reference(rows, BENCHMARK_REFERENCE)
