@@ -159,19 +159,27 @@ def run_one(
 Job = tuple[str, dict[str, Any], str, int, int, dict[str, Any]]
 
 
-def execute(jobs: Iterable[Job], worker: tuple[int, int] = (0, 1), log: Path = RUN_LOG) -> None:
-    """Run the jobs this worker owns (job index modulo the worker count), skipping logged ones."""
+def execute(
+    jobs: Iterable[Job], worker: tuple[int, int] = (0, 1), log: Path = RUN_LOG, split_pending: bool = True
+) -> None:
+    """Run this worker's share of the jobs: every ``count``-th job from ``index``, counted
+    among the jobs not yet logged (``split_pending``: workers started together split the
+    remaining work evenly) or among all jobs (workers started at different times still
+    split the same way). The log is read again before each job, so a job another process
+    finished meanwhile is skipped."""
     index, count = worker
-    done = read_log(log)
     log.parent.mkdir(parents=True, exist_ok=True)
-    for i, job in enumerate(jobs):
-        if i % count != index or run_key(*job) in done:
+    jobs = list(jobs)
+    if split_pending:
+        logged = read_log(log)
+        jobs = [job for job in jobs if run_key(*job) not in logged]
+    for job in jobs[index::count]:
+        if run_key(*job) in read_log(log):
             continue
         started = time.perf_counter()
         record = run_one(*job)
         with log.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        done[record["key"]] = record
         acc = score(record)
         print(
             f"[{index}/{count}] {data_label(job[0], job[1])} {job[2]} seed {job[3]} epochs {job[4]}: "

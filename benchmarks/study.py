@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     index, count = (int(x) for x in args.worker.split("/"))
     if not args.report_only:
-        execute(jobs(), (index, count), Path(args.log))
+        execute(jobs(), (index, count), Path(args.log), split_pending=False)
     runs = read_log(Path(args.log))
     default: list[Cell] = [("default", {}, EPOCHS, {}, ())]
     # The default level of the imbalance axis also trained the image alone (accuracy.py).
