@@ -34,8 +34,8 @@ from accuracy import (
     Job,
     execute,
     interval,
+    logged_seeds,
     method_options,
-    per_seed,
     read_log,
     score,
 )
@@ -58,7 +58,7 @@ AXES: dict[str, list[Cell]] = {
 }
 # Seeds per cell: three (the compute budget of two shared cores); the paired intervals say
 # how much that leaves undecided.
-AXIS_SEEDS = {"lambda": 3, "warmup": 3, "imbalance": 3, "length": 3}
+AXIS_SEEDS = {"lambda": SEEDS, "warmup": SEEDS, "imbalance": SEEDS, "length": SEEDS}
 
 
 def jobs() -> list[Job]:
@@ -77,27 +77,34 @@ def jobs() -> list[Job]:
 
 
 def cell_row(runs: dict[str, dict[str, Any]], axis: str, cell: Cell, seeds: int) -> dict[str, Any] | None:
+    """The cell's figures over the seeds 0..n-1 that MIDAS and every logged baseline have."""
     label, data, epochs, overrides, _ = cell
     options = method_options("glyphs", epochs, overrides)
     base_options = method_options("glyphs", epochs)
-    midas = per_seed(runs, "glyphs", data, "midas", seeds, epochs, options)
-    if midas is None:
+    midas = logged_seeds(runs, "glyphs", data, "midas", seeds, epochs, options)
+    others = {
+        m: logged_seeds(runs, "glyphs", data, m, seeds, epochs, base_options) for m in (*COMPARED, "unimodal_image")
+    }
+    n = min([len(midas)] + [len(r) for r in others.values() if r])
+    if n < 2:
         return None
-    row: dict[str, Any] = {"benchmark": "study", "axis": axis, "cell": label, "seeds": seeds, "epochs": epochs}
+    midas = midas[:n]
+    head = lambda recs: sum(r["test"][PROTOCOL]["per_modality_accuracy"]["image"] for r in recs) / n  # noqa: E731
+    row: dict[str, Any] = {"benchmark": "study", "axis": axis, "cell": label, "seeds": n, "epochs": epochs}
     row["options"] = options
-    row["midas_accuracy"] = sum(score(r) for r in midas) / seeds
-    row["midas_image_head"] = sum(r["test"][PROTOCOL]["per_modality_accuracy"]["image"] for r in midas) / seeds
+    row["midas_accuracy"] = sum(score(r) for r in midas) / n
+    row["midas_image_head"] = head(midas)
     for base in COMPARED:
-        recs = per_seed(runs, "glyphs", data, base, seeds, epochs, base_options)
-        if recs is None:
+        recs = others[base][:n]
+        if len(recs) < n:
             continue
         diff = paired_difference([score(r) for r in midas], [score(r) for r in recs])
-        row[f"{base}_accuracy"] = sum(score(r) for r in recs) / seeds
-        row[f"{base}_image_head"] = sum(r["test"][PROTOCOL]["per_modality_accuracy"]["image"] for r in recs) / seeds
+        row[f"{base}_accuracy"] = sum(score(r) for r in recs) / n
+        row[f"{base}_image_head"] = head(recs)
         row[f"vs_{base}"] = {**diff, "verdict": verdict(diff)}
-    alone = per_seed(runs, "glyphs", data, "unimodal_image", seeds, epochs, base_options)
-    if alone is not None:
-        row["image_alone"] = sum(score(r) for r in alone) / seeds
+    alone = others["unimodal_image"][:n]
+    if len(alone) == n:
+        row["image_alone"] = sum(score(r) for r in alone) / n
     return row
 
 
@@ -108,21 +115,22 @@ def _pct(value: Any) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "<!-- written by benchmarks/study.py -->",
-        "Glyphs demo data, 3 seeds per cell (the default row: 5), BatchNorm statistics re-estimated before evaluation, "
+        "Glyphs demo data, n seeds per cell (column n), BatchNorm statistics re-estimated before evaluation, "
         "best-on-validation checkpoint, test accuracy in percent. MIDAS − baseline: mean paired "
         "per-seed difference with its 95 % t-interval. Image heads: the unimodal image head of each "
         "model; image alone: a model trained on the image only. Baselines of the `lambda` and "
         "`warmup` rows are the runs of the default setting (their options do not change).",
         "",
-        "| Axis | Cell | MIDAS | joint | joint_heads | MIDAS − joint | MIDAS − joint_heads | verdict vs joint_heads "
-        "| image head: joint / joint_heads / MIDAS | image alone |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Axis | Cell | n | MIDAS | joint | joint_heads | MIDAS − joint | MIDAS − joint_heads "
+        "| verdict vs joint_heads | image head: joint / joint_heads / MIDAS | image alone |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         vj, vh = r.get("vs_joint"), r.get("vs_joint_heads")
         heads = " / ".join(_pct(r.get(k)) for k in ("joint_image_head", "joint_heads_image_head", "midas_image_head"))
         lines.append(
-            f"| {r['axis']} | {r['cell']} | {_pct(r['midas_accuracy'])} | {_pct(r.get('joint_accuracy'))} "
+            f"| {r['axis']} | {r['cell']} | {r['seeds']} | {_pct(r['midas_accuracy'])} "
+            f"| {_pct(r.get('joint_accuracy'))} "
             f"| {_pct(r.get('joint_heads_accuracy'))} | {interval(vj) if vj else ''} | {interval(vh) if vh else ''} "
             f"| {vh['verdict'] if vh else ''} | {heads} | {_pct(r.get('image_alone'))} |"
         )
