@@ -19,12 +19,16 @@ def test_quick_demo_prints_the_json_line_last_and_writes_the_report(tmp_path, ca
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert set(summary) == {"demo", "joint", "midas", "report"}
-    assert summary["demo"] == "digits_speech" and summary["report"] == str(out)
+    assert summary["demo"] == "glyphs_speech" and summary["report"] == str(out)
     for method in ("joint", "midas"):
         assert set(summary[method]) == METRIC_KEYS
         assert set(summary[method]["per_modality_accuracy"]) == {"image", "audio"}
         assert 0.0 <= summary[method]["accuracy"] <= 1.0
     assert any(line.startswith("| joint |") for line in lines)
+    # One seed, said so; a quick run is never passed off as comparable with the benchmark.
+    assert any("This is one seed (0)" in line for line in lines)
+    if any("benchmarks/accuracy.py on the same data" in line for line in lines):
+        assert any("not comparable" in line for line in lines)
     for name in ("accuracy_curves.png", "modality_confidence.png", "alpha.png", "results.json", "summary.md"):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())

@@ -54,7 +54,7 @@ def step_losses(method: T.Method, steps: int = 40) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("name", sorted(T.METHODS))
+@pytest.mark.parametrize("name", sorted(n for n in T.METHODS if not n.startswith("unimodal_")))
 def test_every_method_has_a_finite_decreasing_loss(name):
     # No warm-up: the loss must mean the same thing from the first step to the last.
     method = T.make_method(name, NUM_CLASSES, ["a", "b"], {"warmup_epochs": 0})
@@ -76,6 +76,59 @@ def test_joint_trains_its_unimodal_heads_only_as_probes():
     )[0]
     # The probe part of the loss sends no gradient into the encoders.
     assert head_only is None or torch.count_nonzero(head_only) == 0
+
+
+def test_unimodal_training_moves_its_own_encoder_only():
+    method = T.UnimodalTraining("b")
+    model = tiny_model()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    config = T.TrainConfig(batch_size=32, lr=0.05)
+    optimizer = config.optimizer(model)
+    for batch in method.train_loader(tiny_splits()["train"], ["a", "b"], config):
+        loss, _ = method.loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert moved == {n for n in before if n.startswith(("encoders.b.", "unimodal_heads.b."))}
+    assert method.selection_score({"accuracy": 0.9, "per_modality_accuracy": {"a": 0.2, "b": 0.4}}) == 0.4
+    with pytest.raises(KeyError, match="'c'"):
+        T.UnimodalTraining("c").loss(model, batch)
+
+
+def test_precise_batchnorm_is_the_plain_average_over_the_training_split():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
+    data = T.InMemoryDataset({"x": torch.randn(300, 3) * 2 + 1}, torch.zeros(300, dtype=torch.long))
+    model.train()
+    model(torch.randn(8, 3))  # stale statistics from something else
+    assert T.reestimate_batchnorm(model, data, batch_size=100) == 1
+    with torch.no_grad():
+        hidden = model[0](data.tensors["x"])
+    bn = model[1]
+    assert torch.allclose(bn.running_mean, hidden.mean(0), atol=1e-5)
+    # The cumulative average of the three batches' unbiased variances.
+    expected_var = torch.stack([hidden[i : i + 100].var(0) for i in (0, 100, 200)]).mean(0)
+    assert torch.allclose(bn.running_var, expected_var, atol=1e-5)
+    assert bn.momentum == 0.1 and model.training
+    assert T.reestimate_batchnorm(nn.Linear(2, 2), data) == 0
+
+
+def test_each_batchnorm_protocol_selects_and_tests_its_own_checkpoint():
+    splits = {
+        k: T.InMemoryDataset({"image": torch.randn(len(v), 1, 8, 8), "audio": torch.randn(len(v), 1, 32, 20)}, v.labels)
+        for k, v in tiny_splits(48).items()
+    }
+    config = T.TrainConfig(epochs=2, batch_size=16, bn_protocols=("precise", "as_trained"))
+    result = T.run("joint", splits, NUM_CLASSES, config)
+    assert set(result.fit.selected) == set(result.tests) == {"precise", "as_trained"}
+    assert result.test is result.tests["precise"]
+    assert set(result.fit.history[0]["val_by_bn"]) == {"precise", "as_trained"}
+    for protocol, chosen in result.fit.selected.items():
+        accs = [r["val_by_bn"][protocol]["accuracy"] for r in result.fit.history]
+        assert chosen["epoch"] == accs.index(max(accs))
+    with pytest.raises(ValueError, match="bn_protocols"):
+        T.fit(T.JointTraining(), tiny_model(), splits["train"], splits["val"], T.TrainConfig(bn_protocols=("x",)))
 
 
 def test_ogm_coefficients_by_hand():
@@ -152,6 +205,12 @@ def test_build_model_picks_encoders_by_shape():
     out = model({"image": torch.randn(5, 1, 8, 8), "audio": torch.randn(5, 1, 32, 65)})
     assert out.fusion_logits.shape == (5, 10)
     assert {m: f.shape[1] for m, f in out.features.items()} == {"image": 64, "audio": 64}
+    cnn = T.build_model({"image": (1, 28, 28), "audio": (1, 32, 65)}, 10, seed=0)
+    assert any(isinstance(m, nn.Conv2d) for m in cnn.encoders["image"].modules())
+    assert cnn({"image": torch.randn(3, 1, 28, 28), "audio": torch.randn(3, 1, 32, 65)}).features["image"].shape == (
+        3,
+        64,
+    )
     with pytest.raises(ValueError, match="input_shapes"):
         T.build_model({"image": (8, 8)}, 10)
 

@@ -9,36 +9,50 @@ the best *validation* accuracy; the caller touches the test split once.
 One concept a file: ``datasets.py`` (in-memory splits), ``encoders.py`` (small encoders
 and the model), ``config.py`` (the budget), ``method.py`` (the method protocol and joint
 training), ``mixup.py`` and ``ogm_ge.py`` (baselines), ``midas_method.py`` (MIDAS and its
-prioritised-sampler variants), ``registry.py`` (methods by name), ``evaluation.py``,
-``fit.py`` (the loop), ``metrics.py``, ``report.py`` (plots and summaries) and ``demo/``
-(the offline demo data). Nothing in the library core imports this package.
+prioritised-sampler variants), ``registry.py`` (methods by name), ``evaluation.py``
+(including the BatchNorm protocols of evaluation), ``fit.py`` (the loop), ``metrics.py``,
+``paired.py`` (paired per-seed differences with t-intervals), ``report.py`` (plots and
+summaries) and ``demo/`` (the offline demo data). Nothing in the library core imports this package.
 """
 
 from .config import TrainConfig
 from .datasets import InMemoryDataset, cache_dataset
-from .encoders import audio_encoder, build_model, image_encoder
-from .evaluation import Predictions, evaluate, misaligned_logits, misaligned_plan, predict
+from .encoders import audio_encoder, build_model, conv_image_encoder, image_encoder
+from .evaluation import (
+    BN_PROTOCOLS,
+    Predictions,
+    evaluate,
+    misaligned_logits,
+    misaligned_plan,
+    predict,
+    reestimate_batchnorm,
+    with_bn_protocol,
+)
 from .fit import FitResult, RunResult, fit, run
-from .method import JointTraining, Method
-from .midas_method import MidasMethod, PrioritisedMidasMethod
+from .method import JointTraining, Method, UnimodalTraining
+from .midas_method import InputLevelMidasMethod, MidasMethod, PrioritisedMidasMethod
 from .mixup import FeatureMixup, mixup_lambda
 from .ogm_ge import OGMGE, ogm_coefficients
+from .paired import paired_difference, verdict
 from .registry import METHODS, make_method
 
 __all__ = [
     "InMemoryDataset",
     "cache_dataset",
     "image_encoder",
+    "conv_image_encoder",
     "audio_encoder",
     "build_model",
     "TrainConfig",
     "Method",
     "JointTraining",
+    "UnimodalTraining",
     "FeatureMixup",
     "mixup_lambda",
     "OGMGE",
     "ogm_coefficients",
     "MidasMethod",
+    "InputLevelMidasMethod",
     "PrioritisedMidasMethod",
     "METHODS",
     "make_method",
@@ -47,6 +61,11 @@ __all__ = [
     "misaligned_plan",
     "misaligned_logits",
     "evaluate",
+    "BN_PROTOCOLS",
+    "reestimate_batchnorm",
+    "with_bn_protocol",
+    "paired_difference",
+    "verdict",
     "FitResult",
     "fit",
     "RunResult",

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from .. import functional as MF
 from ..models import LateFusionClassifier, MultimodalOutput
 from . import metrics
 from .datasets import InMemoryDataset
 
-__all__ = ["Predictions", "predict", "misaligned_plan", "misaligned_logits", "evaluate"]
+__all__ = [
+    "Predictions",
+    "predict",
+    "misaligned_plan",
+    "misaligned_logits",
+    "evaluate",
+    "BN_PROTOCOLS",
+    "reestimate_batchnorm",
+    "with_bn_protocol",
+]
+
+# How BatchNorm statistics are set before an evaluation:
+# "as_trained": the running averages left by training (momentum 0.1 over the last steps);
+# "precise": re-estimated for the weights being evaluated, one pass over the training split.
+BN_PROTOCOLS = ("as_trained", "precise")
 
 
 @dataclass
@@ -100,3 +116,56 @@ def evaluate(
         "misaligned_accuracy": metrics.misaligned_accuracy(mis_logits, sources),
         "modality_confidence": metrics.modality_confidence(mis_logits.softmax(dim=1), sources, modalities),
     }
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, data: InMemoryDataset, batch_size: int = 200) -> int:
+    """Precise BatchNorm: replace every BatchNorm layer's running statistics by their plain
+    average over ``data`` (the training split), computed with the current weights.
+
+    Running averages collected during training mix statistics of many past weights; after a
+    fast-moving training run they can be far from those of the weights being evaluated. Only
+    BatchNorm layers run in training mode during the pass (dropout stays off). Returns the
+    number of BatchNorm layers; the model's mode is restored.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    was_training = model.training
+    momenta = [bn.momentum for bn in norms]
+    model.eval()
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the pass
+        bn.train()
+    try:
+        for start in range(0, len(data), batch_size):
+            chunk = {m: v[start : start + batch_size] for m, v in data.tensors.items()}
+            if hasattr(model, "encode"):  # a multimodal model: the heads have no BatchNorm
+                model.encode(chunk)
+            elif len(chunk) == 1:
+                model(next(iter(chunk.values())))
+            else:
+                raise TypeError(f"model: {type(model).__name__} has no encode(); cannot feed modalities {list(chunk)}")
+    finally:
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+        model.train(was_training)
+    return len(norms)
+
+
+def with_bn_protocol(
+    model: LateFusionClassifier, protocol: str, train: InMemoryDataset, samples: int | None = None
+) -> LateFusionClassifier:
+    """``model`` ready for evaluation under ``protocol`` (see :data:`BN_PROTOCOLS`):
+    itself for ``"as_trained"``, a copy with statistics re-estimated on the first ``samples``
+    training rows (all if ``None``) for ``"precise"``."""
+    if protocol == "as_trained":
+        return model
+    if protocol == "precise":
+        copied = copy.deepcopy(model)
+        if samples is not None and samples < len(train):
+            train = train.subset(torch.arange(samples))
+        reestimate_batchnorm(copied, train)
+        return copied
+    raise ValueError(f"protocol: expected one of {BN_PROTOCOLS}, got {protocol!r}")

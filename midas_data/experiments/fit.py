@@ -19,7 +19,7 @@ from ..models import LateFusionClassifier
 from .config import TrainConfig
 from .datasets import InMemoryDataset
 from .encoders import build_model
-from .evaluation import evaluate, misaligned_plan
+from .evaluation import BN_PROTOCOLS, evaluate, misaligned_plan, with_bn_protocol
 from .method import Method
 from .registry import make_method
 
@@ -38,6 +38,9 @@ class FitResult:
     alpha_steps: list[list[float]] = field(default_factory=list)
     steps_per_epoch: int = 0
     seconds: float = 0.0
+    # BatchNorm protocol -> {"epoch", "val_accuracy", "state"}; the first protocol of
+    # config.bn_protocols is also best_epoch / best_val_accuracy / best_state.
+    selected: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -68,6 +71,9 @@ def fit(
     """
     if config.epochs < 1:
         raise ValueError(f"config.epochs: expected at least 1, got {config.epochs}")
+    protocols = tuple(config.bn_protocols)
+    if not protocols or any(p not in BN_PROTOCOLS for p in protocols):
+        raise ValueError(f"config.bn_protocols: expected some of {BN_PROTOCOLS}, got {protocols}")
     torch.manual_seed(config.seed)  # mixup draws, OGM-GE noise, dropout
     modalities = list(model.modalities)
     loader = method.train_loader(train, modalities, config)
@@ -76,7 +82,10 @@ def fit(
     steps = len(loader)
     bar = _progress(steps * config.epochs, desc or method.name, progress)
     history: list[dict[str, Any]] = []
-    best_acc, best_epoch, best_state = -math.inf, -1, copy.deepcopy(model.state_dict())
+    selected: dict[str, dict[str, Any]] = {
+        p: {"epoch": -1, "val_accuracy": -math.inf, "score": -math.inf, "state": copy.deepcopy(model.state_dict())}
+        for p in protocols
+    }
     started = time.perf_counter()
     try:
         for epoch in range(config.epochs):
@@ -97,41 +106,58 @@ def fit(
                 count += 1
                 if bar is not None:
                     bar.update(1)
-            val_metrics = evaluate(model, val, val_plan)
+            by_protocol = {}
+            for protocol in protocols:
+                evaluated = with_bn_protocol(model, protocol, train, config.precise_bn_samples)
+                metrics = evaluate(evaluated, val, val_plan)
+                by_protocol[protocol] = metrics
+                score = method.selection_score(metrics)
+                if score > selected[protocol]["score"]:  # the earliest epoch wins ties
+                    selected[protocol] = {
+                        "epoch": epoch,
+                        "val_accuracy": metrics["accuracy"],
+                        "score": score,
+                        "state": copy.deepcopy(evaluated.state_dict()),
+                    }
+            val_metrics = by_protocol[protocols[0]]
             record = {"epoch": epoch, "train_loss": total / max(count, 1), "val": val_metrics}
+            if len(protocols) > 1:
+                record["val_by_bn"] = by_protocol
             alpha_steps = getattr(method, "alpha_steps", None)
             if alpha_steps:
                 record["alpha"] = alpha_steps[-1]
             history.append(record)
-            if val_metrics["accuracy"] > best_acc:
-                best_acc, best_epoch = val_metrics["accuracy"], epoch
-                best_state = copy.deepcopy(model.state_dict())
             if bar is not None:
+                best = selected[protocols[0]]["score"]
                 bar.set_postfix(
-                    loss=f"{record['train_loss']:.3f}", val_acc=f"{val_metrics['accuracy']:.3f}", best=f"{best_acc:.3f}"
+                    loss=f"{record['train_loss']:.3f}", val_acc=f"{val_metrics['accuracy']:.3f}", best=f"{best:.3f}"
                 )
     finally:
         if bar is not None:
             bar.close()
+    primary = selected[protocols[0]]
     return FitResult(
         method=method.name,
         history=history,
-        best_epoch=best_epoch,
-        best_val_accuracy=best_acc,
-        best_state=best_state,
+        best_epoch=primary["epoch"],
+        best_val_accuracy=primary["val_accuracy"],
+        best_state=primary["state"],
         alpha_steps=list(getattr(method, "alpha_steps", [])),
         steps_per_epoch=steps,
         seconds=time.perf_counter() - started,
+        selected=selected,
     )
 
 
 @dataclass
 class RunResult:
-    """One method trained and tested: the fit, and test metrics of the selected checkpoint."""
+    """One method trained and tested: the fit, and test metrics of the selected checkpoint
+    (``test``, under the first BatchNorm protocol; ``tests`` has one entry per protocol)."""
 
     fit: FitResult
     test: dict[str, Any]
     model: LateFusionClassifier
+    tests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_report(self) -> dict[str, Any]:
         """The plain-data form :func:`midas_data.experiments.report.write_report` takes."""
@@ -156,7 +182,8 @@ def run(
     desc: str | None = None,
 ) -> RunResult:
     """Build a fresh model (seeded by ``config.seed``), fit it with one method, restore the
-    best-on-validation checkpoint and evaluate it once on ``splits["test"]``."""
+    best-on-validation checkpoint and evaluate it once on ``splits["test"]`` (once per
+    BatchNorm protocol of ``config``, each with its own selected checkpoint)."""
     for split in ("train", "val", "test"):
         if split not in splits:
             raise KeyError(f"splits: missing {split!r}; expected train, val and test")
@@ -166,6 +193,9 @@ def run(
     model = build_model(shapes, num_classes, seed=config.seed, image_dropout=config.image_dropout)
     method = make_method(method_name, num_classes, modalities, options)
     result = fit(method, model, train, splits["val"], config, progress=progress, desc=desc)
+    tests = {}
+    for protocol, chosen in result.selected.items():
+        model.load_state_dict(chosen["state"])  # the statistics of that protocol are in the state
+        tests[protocol] = evaluate(model, splits["test"], seed=config.eval_seed)
     model.load_state_dict(result.best_state)
-    test = evaluate(model, splits["test"], seed=config.eval_seed)
-    return RunResult(result, test, model)
+    return RunResult(result, tests[config.bn_protocols[0]], model, tests)

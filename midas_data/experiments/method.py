@@ -20,7 +20,7 @@ from ..loader import midas_loader
 from ..models import LateFusionClassifier, MultimodalOutput
 from .config import TrainConfig
 
-__all__ = ["Method", "JointTraining", "probe_loss", "heads_loss"]
+__all__ = ["Method", "JointTraining", "UnimodalTraining", "probe_loss", "heads_loss"]
 
 
 def probe_loss(model: LateFusionClassifier, output: MultimodalOutput, labels: torch.Tensor) -> torch.Tensor:
@@ -53,6 +53,10 @@ class Method:
     def after_step(self, batch: MidasBatch, info: Mapping[str, Any]) -> None:
         """Called after ``optimizer.step()`` with the diagnostics of :meth:`loss`."""
 
+    def selection_score(self, metrics: Mapping[str, Any]) -> float:
+        """What best-on-validation selection maximises: the fused accuracy."""
+        return float(metrics["accuracy"])
+
 
 class JointTraining(Method):
     """Fusion cross-entropy; ``heads=True`` adds the unimodal heads' cross-entropy."""
@@ -66,3 +70,25 @@ class JointTraining(Method):
         loss = F.cross_entropy(output.fusion_logits, batch.labels)
         extra = heads_loss(output, batch.labels) if self.heads else probe_loss(model, output, batch.labels)
         return loss + extra, {}
+
+
+class UnimodalTraining(Method):
+    """One modality alone: its encoder and unimodal head, nothing else trained.
+
+    The reference for *under-optimisation*: what a modality's encoder reaches when no other
+    modality competes for the fit. Selection and the reported figure are that modality's
+    head accuracy (``per_modality_accuracy``); the fused accuracy means nothing here.
+    """
+
+    def __init__(self, modality: str) -> None:
+        self.modality = modality
+        self.name = f"unimodal_{modality}"
+
+    def loss(self, model: LateFusionClassifier, batch: MidasBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        if self.modality not in model.modalities:
+            raise KeyError(f"{self.name}: the model has no modality {self.modality!r}; it has {model.modalities}")
+        features = model.encoders[self.modality](batch.inputs[self.modality]).flatten(1)
+        return F.cross_entropy(model.unimodal_heads[self.modality](features), batch.labels), {}
+
+    def selection_score(self, metrics: Mapping[str, Any]) -> float:
+        return float(metrics["per_modality_accuracy"][self.modality])

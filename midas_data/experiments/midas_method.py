@@ -16,7 +16,7 @@ from ..objective import MidasObjective
 from .config import TrainConfig
 from .method import Method
 
-__all__ = ["MidasMethod", "PrioritisedMidasMethod"]
+__all__ = ["MidasMethod", "InputLevelMidasMethod", "PrioritisedMidasMethod"]
 
 
 class MidasMethod(Method):
@@ -43,6 +43,27 @@ class MidasMethod(Method):
 
     def after_step(self, batch: MidasBatch, info: Mapping[str, Any]) -> None:
         self.alpha_steps.append([float(a) for a in info["alpha"]])
+
+
+class InputLevelMidasMethod(MidasMethod):
+    """MIDAS, input-level: the misaligned samples are materialised by the loader
+    (``mode="input"``) and run through the whole model, encoders included.
+
+    The encoders then see each step's inputs twice, once aligned and once misaligned, and
+    BatchNorm layers update their running statistics on both passes.
+    """
+
+    def train_loader(self, dataset: Dataset, modalities: Sequence[str], config: TrainConfig) -> DataLoader:
+        return midas_loader(
+            dataset, tuple(modalities), "label", batch_size=config.batch_size, seed=config.seed, mode="input"
+        )
+
+    def loss(self, model: LateFusionClassifier, batch: MidasBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        output = model(batch.inputs)
+        misaligned = None
+        if not self.objective.in_warmup and batch.num_misaligned > 0:
+            misaligned = model(batch.misaligned_inputs).fusion_logits
+        return self.objective(output, batch, misaligned_logits=misaligned)
 
 
 class PrioritisedMidasMethod(MidasMethod):

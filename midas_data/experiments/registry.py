@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .method import JointTraining, Method
-from .midas_method import MidasMethod, PrioritisedMidasMethod
+from .method import JointTraining, Method, UnimodalTraining
+from .midas_method import InputLevelMidasMethod, MidasMethod, PrioritisedMidasMethod
 from .mixup import FeatureMixup
 from .ogm_ge import OGMGE
 
@@ -20,6 +20,8 @@ def _midas(name: str, **fixed: Any) -> MethodFactory:
     def factory(num_classes: int, modalities: Sequence[str], options: Mapping[str, Any]) -> Method:
         kwargs = {"warmup_epochs": options.get("warmup_epochs", 2), "lam": options.get("lam", 1.0), **fixed}
         policy = kwargs.pop("policy", None)
+        if kwargs.pop("input_level", False):
+            return InputLevelMidasMethod(num_classes, modalities, name=name, **kwargs)
         if policy is not None:
             return PrioritisedMidasMethod(num_classes, modalities, policy, name, **kwargs)
         return MidasMethod(num_classes, modalities, name=name, **kwargs)
@@ -32,7 +34,10 @@ METHODS: dict[str, MethodFactory] = {
     "joint_heads": lambda c, m, o: JointTraining(heads=True),
     "mixup": lambda c, m, o: FeatureMixup(o.get("mixup_concentration", 1.0)),
     "ogm_ge": lambda c, m, o: OGMGE(o.get("ogm_alpha", 0.5)),
+    "unimodal_image": lambda c, m, o: UnimodalTraining("image"),
+    "unimodal_audio": lambda c, m, o: UnimodalTraining("audio"),
     "midas": _midas("midas"),
+    "midas_input": _midas("midas_input", input_level=True),
     "midas_no_warmup": _midas("midas_no_warmup", warmup_epochs=0),
     "midas_no_weak": _midas("midas_no_weak", weak_modality_weighting=False),
     "midas_no_hard": _midas("midas_no_hard", hard_sample_weighting=False),

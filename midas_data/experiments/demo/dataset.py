@@ -218,23 +218,19 @@ class DigitsSpeechDataset(Dataset):
         }
 
     def _image(self, index: int, rng: np.random.Generator) -> torch.Tensor:
-        image = self._images[self.image_index[index]]
-        if self.image_noise > 0:
-            image = image + rng.normal(0.0, self.image_noise, size=image.shape).astype(np.float32)
-        return torch.tensor(image, dtype=torch.float32).unsqueeze(0)
+        return noisy_image(self._images[self.image_index[index]], self.image_noise, rng)
 
     def _audio(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         clip = self.clip_index[index]
-        wave = self._waveforms[clip].astype(np.float32) / 32768.0
-        if self.audio_snr_db is not None:
-            # SNR over the speech portion, not the padded window.
-            speech_power = float(np.sum(wave**2)) / max(int(self._speech_length[clip]), 1)
-            noise = _coloured_noise(len(wave), rng)
-            wave = wave + noise * float(np.sqrt(speech_power / 10 ** (self.audio_snr_db / 10)))
-        spec = np.log(_power_spectrogram(wave, self._window) @ self._mel_fb + 1e-6).T
-        if self.normalize_audio:
-            spec = (spec - spec.mean()) / (spec.std() + 1e-5)
-        return torch.from_numpy(spec.astype(np.float32)).unsqueeze(0)
+        return noisy_log_mel(
+            self._waveforms[clip],
+            int(self._speech_length[clip]),
+            self.audio_snr_db,
+            rng,
+            self._window,
+            self._mel_fb,
+            self.normalize_audio,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -248,6 +244,35 @@ class DigitsSpeechDataset(Dataset):
 # with num_workers=0 runs it in the main process.  It matches torchaudio's
 # MelSpectrogram (centred reflect-padded frames, periodic Hann window, HTK mel
 # scale, no filter normalisation), so torchaudio is not needed.
+
+
+def noisy_image(image: np.ndarray, noise: float, rng: np.random.Generator) -> torch.Tensor:
+    """``[1, H, W]`` float32: ``image`` plus Gaussian pixel noise of standard deviation ``noise``."""
+    if noise > 0:
+        image = image + rng.normal(0.0, noise, size=image.shape).astype(np.float32)
+    return torch.tensor(image, dtype=torch.float32).unsqueeze(0)
+
+
+def noisy_log_mel(
+    wave: np.ndarray,
+    speech_length: int,
+    snr_db: float | None,
+    rng: np.random.Generator,
+    window: np.ndarray,
+    mel_fb: np.ndarray,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """``[1, n_mels, frames]`` log-mel of an int16 clip with coloured noise at ``snr_db``
+    (over the speech portion, not the padded window); ``None`` for none."""
+    wave = wave.astype(np.float32) / 32768.0
+    if snr_db is not None:
+        speech_power = float(np.sum(wave**2)) / max(speech_length, 1)
+        noise = _coloured_noise(len(wave), rng)
+        wave = wave + noise * float(np.sqrt(speech_power / 10 ** (snr_db / 10)))
+    spec = np.log(_power_spectrogram(wave, window) @ mel_fb + 1e-6).T
+    if normalize:
+        spec = (spec - spec.mean()) / (spec.std() + 1e-5)
+    return torch.from_numpy(spec.astype(np.float32)).unsqueeze(0)
 
 
 def _periodic_hann(win_length: int, n_fft: int) -> np.ndarray:

@@ -1,0 +1,162 @@
+"""Printed digits paired with spoken digits: the demo data in the regime MIDAS addresses.
+
+Each item pairs a 28x28 image of a digit, rendered from one of 22 fonts that ship with
+matplotlib and deformed at random (``data/digit_glyphs.npz``, rebuilt by
+``scripts/make_glyph_data.py``), with a spoken clip of the same digit
+(``data/spoken_digits.npz``, espeak-ng voices, ``scripts/make_demo_data.py``).
+
+* **audio (dominant)**: noise at ``audio_snr_db`` (default -6 dB), 32-band log-mel,
+  standardised per item, as in :mod:`~midas_data.experiments.demo.dataset`. The clips are
+  few (42 train speakers x 10 words, each reused about ten times with fresh noise), so
+  joint training fits the training set through the audio within a few epochs.
+* **image (weak but learnable)**: ink in [0, 1] plus Gaussian pixel noise of standard
+  deviation ``image_noise`` (default 0.5, not clipped). A CNN trained on the image alone
+  learns it far better than the image head of a jointly trained model does; the
+  calibration is in ``docs/benchmarks.md``.
+
+Splits: images 0-3999 train, 4000-4999 val, 5000-6999 test (the file's order is a
+seeded shuffle, classes are balanced); clips by speaker (42/6/12 speakers), so val and
+test voices are never heard in training. Noise is drawn from generators seeded by
+``(seed, split, index)``: item ``i`` is the same on every read.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .dataset import DATA_PATH as CLIPS_PATH
+from .dataset import (
+    N_FFT,
+    SPLITS,
+    WIN_LENGTH,
+    DigitsSpeechDataset,
+    _load_clips,
+    _mel_filterbank,
+    _periodic_hann,
+    noisy_image,
+)
+
+__all__ = ["GlyphsSpeechDataset", "load_glyph_splits", "GLYPHS_PATH", "SPLIT_ROWS", "BENCHMARK_REFERENCE"]
+
+GLYPHS_PATH = Path(__file__).parent / "data" / "digit_glyphs.npz"
+# The multi-seed figures the demo prints beside its one seed; written by benchmarks/accuracy.py.
+BENCHMARK_REFERENCE = Path(__file__).parent / "data" / "benchmark_reference.json"
+SPLIT_ROWS: dict[str, tuple[int, int]] = {"train": (0, 4000), "val": (4000, 5000), "test": (5000, 7000)}
+SPEAKER_SHARES: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+DEFAULT_IMAGE_NOISE = 0.5
+DEFAULT_AUDIO_SNR_DB = -6.0
+
+
+@functools.lru_cache(maxsize=2)
+def _load_glyphs(path: str) -> dict[str, np.ndarray]:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"digit glyphs not found at {file}; rebuild them with `python scripts/make_glyph_data.py`"
+        )
+    with np.load(file, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    for key, dtype in (("images", np.uint8), ("labels", np.int64), ("font", np.int64)):
+        if key not in arrays or arrays[key].dtype != dtype:
+            raise ValueError(f"{file}: expected array {key!r} of dtype {np.dtype(dtype)}; rebuild the file")
+    if arrays["images"].shape[0] < SPLIT_ROWS["test"][1]:
+        raise ValueError(f"{file}: expected at least {SPLIT_ROWS['test'][1]} images, got {arrays['images'].shape[0]}")
+    return arrays
+
+
+@functools.lru_cache(maxsize=8)
+def _pairing(seed: int, split: str, glyphs_path: str, clips_path: str) -> np.ndarray:
+    """Clip index paired with each image of ``split``: same digit, speakers of that split."""
+    labels = _load_glyphs(glyphs_path)["labels"][slice(*SPLIT_ROWS[split])]
+    clips = _load_clips(clips_path)
+    speakers = np.random.default_rng([seed, 7919]).permutation(np.unique(clips["speaker"]))
+    n_test = round(SPEAKER_SHARES["test"] * len(speakers))
+    n_val = round(SPEAKER_SHARES["val"] * len(speakers))
+    chosen = {"test": speakers[:n_test], "val": speakers[n_test : n_test + n_val], "train": speakers[n_test + n_val :]}
+    pool = np.flatnonzero(np.isin(clips["speaker"], chosen[split]))
+    rng = np.random.default_rng([seed, SPLITS.index(split), 104729])
+    paired = np.empty(len(labels), dtype=np.int64)
+    for digit in range(10):
+        slots = np.flatnonzero(labels == digit)
+        candidates = pool[clips["labels"][pool] == digit]
+        if len(candidates) == 0:
+            raise ValueError(f"no clip of digit {digit} among the speakers of split {split!r}")
+        reps = -(-len(slots) // len(candidates))  # balanced reuse in a seeded order
+        paired[slots] = np.concatenate([rng.permutation(candidates) for _ in range(reps)])[: len(slots)]
+    return paired
+
+
+class GlyphsSpeechDataset(DigitsSpeechDataset):
+    """One split of the printed + spoken digits (see the module docstring).
+
+    Items are read as in :class:`DigitsSpeechDataset` (same seeded noise streams and audio
+    front end); only the images and the pairing differ.
+
+    Items are ``{"image": float32 [1, 28, 28], "audio": float32 [1, n_mels, 65], "label": int}``.
+    ``image_noise`` and ``audio_snr_db`` set the strength of each modality; ``audio_snr_db=None``
+    gives clean speech.
+    """
+
+    num_classes: int = 10
+    modalities: tuple[str, ...] = ("image", "audio")
+
+    def __init__(
+        self,
+        split: str = "train",
+        *,
+        seed: int = 0,
+        image_noise: float = DEFAULT_IMAGE_NOISE,
+        audio_snr_db: float | None = DEFAULT_AUDIO_SNR_DB,
+        n_mels: int = 32,
+        glyphs_path: str | Path | None = None,
+        clips_path: str | Path | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+        if image_noise < 0:
+            raise ValueError(f"image_noise: a standard deviation, expected >= 0, got {image_noise}")
+        gpath, cpath = str(glyphs_path or GLYPHS_PATH), str(clips_path or CLIPS_PATH)
+        glyphs, clips = _load_glyphs(gpath), _load_clips(cpath)
+        rows = slice(*SPLIT_ROWS[split])
+        self.split, self.seed = split, seed
+        self.image_noise = float(image_noise)
+        self.audio_snr_db = None if audio_snr_db is None else float(audio_snr_db)
+        self.labels = glyphs["labels"][rows]
+        self.fonts = glyphs["font"][rows]
+        self._images = glyphs["images"][rows]
+        self.image_index = np.arange(len(self.labels))  # rows of this split's images
+        self.normalize_audio = True
+        self.clip_index = _pairing(seed, split, gpath, cpath)
+        self._waveforms = clips["waveforms"]
+        self._speech_length = np.minimum(clips["speech_length"], self._waveforms.shape[1])
+        self._split_code = SPLITS.index(split)
+        self._window = _periodic_hann(WIN_LENGTH, N_FFT)
+        self._mel_fb = _mel_filterbank(int(clips["sample_rate"]), N_FFT, n_mels, f_min=50.0)
+
+    def _image(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        return noisy_image(self._images[index].astype(np.float32) / 255.0, self.image_noise, rng)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(split={self.split!r}, n={len(self)}, seed={self.seed}, "
+            f"image_noise={self.image_noise}, audio_snr_db={self.audio_snr_db})"
+        )
+
+
+def load_glyph_splits(
+    seed: int = 0,
+    image_noise: float = DEFAULT_IMAGE_NOISE,
+    audio_snr_db: float | None = DEFAULT_AUDIO_SNR_DB,
+    **kwargs: Any,
+) -> dict[str, GlyphsSpeechDataset]:
+    """The train/val/test splits (4000/1000/2000); extra keywords go to the dataset."""
+    return {
+        split: GlyphsSpeechDataset(split, seed=seed, image_noise=image_noise, audio_snr_db=audio_snr_db, **kwargs)
+        for split in SPLITS
+    }

@@ -1,0 +1,72 @@
+"""The shipped printed + spoken digits: file format, splits, pairing, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from midas_data.experiments.demo.glyphs import (
+    GLYPHS_PATH,
+    SPLIT_ROWS,
+    GlyphsSpeechDataset,
+    load_glyph_splits,
+)
+
+
+@pytest.fixture(scope="module")
+def splits() -> dict[str, GlyphsSpeechDataset]:
+    return load_glyph_splits(seed=0)
+
+
+def test_glyph_file_is_small_plain_and_balanced() -> None:
+    with np.load(GLYPHS_PATH, allow_pickle=False) as archive:
+        images, labels, fonts = archive["images"], archive["labels"], archive["font"]
+    assert images.dtype == np.uint8 and images.shape == (7000, 28, 28)
+    assert np.bincount(labels, minlength=10).tolist() == [700] * 10
+    assert len(np.unique(fonts)) == 22
+    assert GLYPHS_PATH.stat().st_size < 2e6
+    # Real ink: every image has a glyph, and no two images are identical.
+    assert (images.reshape(len(images), -1).max(1) == 255).all()
+    assert len(np.unique(images.reshape(len(images), -1), axis=0)) == len(images)
+
+
+def test_split_sizes_classes_and_unseen_speakers(splits: dict[str, GlyphsSpeechDataset]) -> None:
+    assert {k: len(v) for k, v in splits.items()} == {k: b - a for k, (a, b) in SPLIT_ROWS.items()}
+    for ds in splits.values():
+        assert (np.bincount(ds.labels, minlength=10) > 0.08 * len(ds)).all()
+    with np.load(_clips_path(), allow_pickle=False) as c:
+        speaker = c["speaker"]
+        clip_labels = c["labels"]
+    voices = {k: set(speaker[v.clip_index].tolist()) for k, v in splits.items()}
+    assert not voices["train"] & voices["val"] and not voices["train"] & voices["test"]
+    assert not voices["val"] & voices["test"]
+    for ds in splits.values():  # every image is paired with a clip of its own digit
+        assert (clip_labels[ds.clip_index] == ds.labels).all()
+
+
+def _clips_path() -> str:
+    from midas_data.experiments.demo.dataset import DATA_PATH
+
+    return str(DATA_PATH)
+
+
+def test_items_are_deterministic_with_the_documented_shapes(splits: dict[str, GlyphsSpeechDataset]) -> None:
+    ds = splits["val"]
+    first, again = ds[3], ds[3]
+    assert first["image"].shape == (1, 28, 28) and first["audio"].shape == (1, 32, 65)
+    assert first["image"].dtype == torch.float32 and first["label"] == int(ds.labels[3])
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["audio"], again["audio"])
+    assert not torch.equal(ds[4]["image"], first["image"])
+    clean = GlyphsSpeechDataset("val", image_noise=0.0, audio_snr_db=None)[3]["image"]
+    assert float(clean.min()) >= 0.0 and float(clean.max()) <= 1.0
+    assert float((first["image"] - clean).std()) == pytest.approx(ds.image_noise, rel=0.15)
+
+
+def test_bad_arguments_and_missing_file_are_named(tmp_path) -> None:
+    with pytest.raises(ValueError, match="split"):
+        GlyphsSpeechDataset("dev")
+    with pytest.raises(ValueError, match="image_noise"):
+        GlyphsSpeechDataset("val", image_noise=-1.0)
+    with pytest.raises(FileNotFoundError, match="make_glyph_data.py"):
+        GlyphsSpeechDataset("val", glyphs_path=tmp_path / "none.npz")
