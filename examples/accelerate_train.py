@@ -16,6 +16,7 @@ seen per epoch, alpha per process, and the test accuracy.
 from __future__ import annotations
 
 import argparse
+import gc
 
 import torch
 from accelerate import Accelerator
@@ -65,6 +66,10 @@ def main() -> None:
     if accelerator.is_main_process:
         line = json_line("accelerate_train", accelerator.num_processes, args.epochs, len(train), everyone)
         print(line, flush=True)
+    # Release the DDP-wrapped model before the process group goes, so that the group is torn
+    # down now and not at interpreter exit (where gloo can abort, seen on a loaded machine).
+    del model, optimizer
+    gc.collect()
     accelerator.end_training()
 
 

@@ -74,8 +74,8 @@ def main() -> None:
     dist.all_gather_object(everyone, report)
     if rank == 0:
         print(json_line("ddp_train", world, args.epochs, len(train), everyone), flush=True)
-    # Release what holds the process group before tearing it down, so that nothing of it is
-    # left to interpreter exit (where gloo can abort, seen now and then on a loaded machine).
+    # Release what holds the process group (the DDP model) before tearing it down: a group
+    # left alive to interpreter exit can have a gloo thread need the GIL there, which aborts.
     del model, optimizer
     gc.collect()
     dist.barrier()

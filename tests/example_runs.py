@@ -10,8 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # On a loaded machine a gloo process now and then aborts at interpreter exit, after its
-# work and its output are complete ("terminate called without an active exception" from a
-# C++ destructor; seen about once in 15 two-process runs under load, never when idle).
+# work and its output are complete ("terminate called without an active exception"): a
+# process group still referenced at exit (e.g. by a DDP model) has a gloo worker thread
+# need the GIL during finalisation, and the thread's forced exit aborts the process (seen
+# in a core dump; about once in 8-15 two-process runs under load, not seen when idle).
 TEARDOWN_ABORT = "terminate called without an active exception"
 
 
