@@ -189,20 +189,6 @@ def execute(
         )
 
 
-def per_seed(
-    runs: dict[str, dict[str, Any]],
-    dataset: str,
-    data: dict[str, Any],
-    method: str,
-    seeds: int,
-    epochs: int,
-    options: dict[str, Any],
-) -> list[dict[str, Any]] | None:
-    """The logged records of seeds 0..seeds-1, or None if any is missing."""
-    found = [runs.get(run_key(dataset, data, method, s, epochs, options)) for s in range(seeds)]
-    return None if any(r is None for r in found) else found  # type: ignore[return-value]
-
-
 def logged_seeds(
     runs: dict[str, dict[str, Any]],
     dataset: str,
