@@ -354,22 +354,28 @@ class MidasBatchSampler(Sampler[list[int]]):
                     "Accelerate split_batches=True cuts each MidasBatch's index list across ranks after it was "
                     "planned; use split_batches=False (the default): each rank then gets whole batches"
                 )
-            num_shards = self.fixed_num_shards or int(getattr(shard, "num_processes", 1))
-        else:
-            num_shards = self.fixed_num_shards or 1
-            if self.num_replicas == 1 and world_size() > 1 and self.fixed_num_shards is None:
-                # A global sampler iterated directly on several ranks: each rank sees every
-                # sample, unless something else shards the batches. Order for the world anyway.
-                num_shards = world_size()
-                if not self._warned_unsharded:
-                    self._warned_unsharded = True
-                    warnings.warn(
-                        "MidasBatchSampler: the global sampler (num_replicas=1) is iterated directly on "
-                        f"{num_shards} ranks, so every rank sees every sample. In a plain DDP loop pass "
-                        "num_replicas= and rank= to midas_loader (or use DistributedMidasBatchSampler); under "
-                        "Accelerate, prepare() the loader",
-                        stacklevel=3,
-                    )
+            self._deal_to(shard)
+            return
+        num_shards = self.fixed_num_shards or 1
+        if self.num_replicas == 1 and world_size() > 1 and self.fixed_num_shards is None:
+            # A global sampler iterated directly on several ranks: each rank sees every
+            # sample, unless something else shards the batches. Order for the world anyway.
+            num_shards = world_size()
+            if not self._warned_unsharded:
+                self._warned_unsharded = True
+                warnings.warn(
+                    "MidasBatchSampler: the global sampler (num_replicas=1) is iterated directly on "
+                    f"{num_shards} ranks, so every rank sees every sample. In a plain DDP loop pass "
+                    "num_replicas= and rank= to midas_loader (or use DistributedMidasBatchSampler); under "
+                    "Accelerate, prepare() the loader",
+                    stacklevel=3,
+                )
+        if num_shards != self.num_shards:
+            self._set_bounds(num_shards)
+
+    def _deal_to(self, shard: Any) -> None:
+        """Lay the batches out for an Accelerate shard wrapper's round-robin."""
+        num_shards = self.fixed_num_shards or int(getattr(shard, "num_processes", 1))
         if num_shards != self.num_shards:
             self._set_bounds(num_shards)
 
@@ -390,9 +396,7 @@ class MidasBatchSampler(Sampler[list[int]]):
         """Order the batches for the Accelerate shard wrapper reading ``len`` or ``batch_size``."""
         wrapper = sharding_wrapper()
         if wrapper is not None and wrapper[0] == "shard" and self.num_replicas == 1:
-            num_shards = self.fixed_num_shards or int(getattr(wrapper[1], "num_processes", 1))
-            if num_shards != self.num_shards:
-                self._set_bounds(num_shards)
+            self._deal_to(wrapper[1])
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
