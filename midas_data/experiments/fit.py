@@ -38,8 +38,9 @@ class FitResult:
     alpha_steps: list[list[float]] = field(default_factory=list)
     steps_per_epoch: int = 0
     seconds: float = 0.0
-    # BatchNorm protocol -> {"epoch", "val_accuracy", "state"}; the first protocol of
-    # config.bn_protocols is also best_epoch / best_val_accuracy / best_state.
+    # BatchNorm protocol -> {"epoch", "val_accuracy", "score", "metrics" (validation
+    # metrics of that epoch), "state"}; the first protocol of config.bn_protocols is also
+    # best_epoch / best_val_accuracy / best_state.
     selected: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -83,7 +84,13 @@ def fit(
     bar = _progress(steps * config.epochs, desc or method.name, progress)
     history: list[dict[str, Any]] = []
     selected: dict[str, dict[str, Any]] = {
-        p: {"epoch": -1, "val_accuracy": -math.inf, "score": -math.inf, "state": copy.deepcopy(model.state_dict())}
+        p: {
+            "epoch": -1,
+            "val_accuracy": -math.inf,
+            "score": -math.inf,
+            "metrics": {},
+            "state": copy.deepcopy(model.state_dict()),
+        }
         for p in protocols
     }
     started = time.perf_counter()
@@ -117,6 +124,7 @@ def fit(
                         "epoch": epoch,
                         "val_accuracy": metrics["accuracy"],
                         "score": score,
+                        "metrics": metrics,
                         "state": copy.deepcopy(evaluated.state_dict()),
                     }
             val_metrics = by_protocol[protocols[0]]
