@@ -168,13 +168,18 @@ Job = tuple[str, dict[str, Any], str, int, int, dict[str, Any]]
 
 
 def execute(
-    jobs: Iterable[Job], worker: tuple[int, int] = (0, 1), log: Path = RUN_LOG, split_pending: bool = True
+    jobs: Iterable[Job],
+    worker: tuple[int, int] = (0, 1),
+    log: Path = RUN_LOG,
+    split_pending: bool = True,
+    show: str = "test",
 ) -> None:
     """Run this worker's share of the jobs: every ``count``-th job from ``index``, counted
     among the jobs not yet logged (``split_pending``: workers started together split the
     remaining work evenly) or among all jobs (workers started at different times still
     split the same way). The log is read again before each job, so a job another process
-    finished meanwhile is skipped."""
+    finished meanwhile is skipped. Each finished run prints its ``show`` figure ("test" or
+    "val"): a script that chooses on validation never shows a test figure."""
     index, count = worker
     log.parent.mkdir(parents=True, exist_ok=True)
     jobs = list(jobs)
@@ -188,10 +193,10 @@ def execute(
         record = run_one(*job)
         with log.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        acc = score(record)
+        figure = score(record) if show == "test" else record["val_score"][PROTOCOL]
         print(
             f"[{index}/{count}] {data_label(job[0], job[1])} {job[2]} seed {job[3]} epochs {job[4]}: "
-            f"test {100 * acc:.1f} ({time.perf_counter() - started:.0f} s)",
+            f"{show} {100 * figure:.1f} ({time.perf_counter() - started:.0f} s)",
             file=sys.stderr,
             flush=True,
         )

@@ -5,7 +5,7 @@ learnable but under-optimised by joint training. Its two noise levels (the image
 noise, the speech's SNR) are chosen here, and only here, from validation figures of
 methods that are *not* MIDAS, by the rule below. The rule and the grid were written and
 committed before any of these runs; the test split is not read (``run_one`` tests every
-run, but this script only reads ``record["val"]``).
+run and logs it, but this script reads and prints only validation figures).
 
 Grid: image noise {0.3, 0.5, 0.7} x speech SNR {-6, 0} dB; seeds 0 and 1; protocol v2's
 budget (15 epochs) and BatchNorm protocol (``precise``). Runs per cell: ``joint``; the
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     index, count = (int(x) for x in args.worker.split("/"))
     if not args.report_only:
-        execute(jobs(), (index, count), Path(args.log), split_pending=False)
+        execute(jobs(), (index, count), Path(args.log), split_pending=False, show="val")
     runs = read_log(Path(args.log))
     rows = [cell_figures(runs, noise, snr) for noise in IMAGE_NOISE for snr in AUDIO_SNR_DB]
     choice = choose(rows)

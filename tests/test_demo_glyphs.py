@@ -22,9 +22,11 @@ def splits() -> dict[str, GlyphsSpeechDataset]:
 def test_glyph_file_is_small_plain_and_balanced() -> None:
     with np.load(GLYPHS_PATH, allow_pickle=False) as archive:
         images, labels, fonts = archive["images"], archive["labels"], archive["font"]
-    assert images.dtype == np.uint8 and images.shape == (7000, 28, 28)
-    assert np.bincount(labels, minlength=10).tolist() == [700] * 10
-    assert len(np.unique(fonts)) == 22
+    assert images.dtype == np.uint8 and images.shape == (9000, 28, 28)
+    # Two blocks, each balanced on its own: 7,000 images of seed 0, then 2,000 of seed 1.
+    assert np.bincount(labels[:7000], minlength=10).tolist() == [700] * 10
+    assert np.bincount(labels[7000:], minlength=10).tolist() == [200] * 10
+    assert len(np.unique(fonts[:7000])) == len(np.unique(fonts[7000:])) == 22
     assert GLYPHS_PATH.stat().st_size < 2e6
     # Real ink: every image has a glyph, and no two images are identical.
     assert (images.reshape(len(images), -1).max(1) == 255).all()
@@ -32,7 +34,8 @@ def test_glyph_file_is_small_plain_and_balanced() -> None:
 
 
 def test_split_sizes_classes_and_unseen_speakers(splits: dict[str, GlyphsSpeechDataset]) -> None:
-    assert {k: len(v) for k, v in splits.items()} == {k: b - a for k, (a, b) in SPLIT_ROWS.items()}
+    assert {k: len(v) for k, v in splits.items()} == {"train": 4000, "val": 1000, "test": 2000}
+    assert {k: len(v) for k, v in splits.items()} == {k: b - a for k, (a, b) in SPLIT_ROWS.items() if k in splits}
     for ds in splits.values():
         assert (np.bincount(ds.labels, minlength=10) > 0.08 * len(ds)).all()
     with np.load(_clips_path(), allow_pickle=False) as c:
@@ -61,6 +64,27 @@ def test_items_are_deterministic_with_the_documented_shapes(splits: dict[str, Gl
     clean = GlyphsSpeechDataset("val", image_noise=0.0, audio_snr_db=None)[3]["image"]
     assert float(clean.min()) >= 0.0 and float(clean.max()) <= 1.0
     assert float((first["image"] - clean).std()) == pytest.approx(ds.image_noise, rel=0.15)
+
+
+def test_the_retired_first_test_split_shares_no_image_or_noise_with_the_test_split(
+    splits: dict[str, GlyphsSpeechDataset],
+) -> None:
+    test, retired = splits["test"], GlyphsSpeechDataset("test_v1")
+    assert len(retired) == 2000 and SPLIT_ROWS["test_v1"] == (5000, 7000) and SPLIT_ROWS["test"] == (7000, 9000)
+    with np.load(GLYPHS_PATH, allow_pickle=False) as archive:
+        images = archive["images"].reshape(9000, -1)
+    seen = {row.tobytes() for row in images[:7000]}  # train, val and the retired split
+    assert not any(row.tobytes() in seen for row in images[7000:])
+    # Same voices (no new speakers could be synthesised), but a new pairing and new noise.
+    with np.load(_clips_path(), allow_pickle=False) as c:
+        speaker = c["speaker"]
+    assert set(speaker[test.clip_index].tolist()) == set(speaker[retired.clip_index].tolist())
+    clean = GlyphsSpeechDataset("test", image_noise=0.0)
+    clean_retired = GlyphsSpeechDataset("test_v1", image_noise=0.0)
+    noise = (test[0]["image"] - clean[0]["image"]).flatten()
+    noise_retired = (retired[0]["image"] - clean_retired[0]["image"]).flatten()
+    assert abs(float(torch.corrcoef(torch.stack([noise, noise_retired]))[0, 1])) < 0.2
+    assert "test_v1" not in splits
 
 
 def test_bad_arguments_and_missing_file_are_named(tmp_path) -> None:
