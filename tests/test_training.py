@@ -127,8 +127,33 @@ def test_each_batchnorm_protocol_selects_and_tests_its_own_checkpoint():
     for protocol, chosen in result.fit.selected.items():
         accs = [r["val_by_bn"][protocol]["accuracy"] for r in result.fit.history]
         assert chosen["epoch"] == accs.index(max(accs))
+        # The validation metrics of the selected epoch travel with it (a rule on validation reads them).
+        assert chosen["metrics"] == result.fit.history[chosen["epoch"]]["val_by_bn"][protocol]
     with pytest.raises(ValueError, match="bn_protocols"):
         T.fit(T.JointTraining(), tiny_model(), splits["train"], splits["val"], T.TrainConfig(bn_protocols=("x",)))
+
+
+def test_sampler_variant_options_reach_the_sampler_and_the_loss(monkeypatch):
+    method = T.make_method(
+        "midas_sampler_hard", NUM_CLASSES, ["a", "b"], {"sampler_floor": 0.5, "sampler_importance_weights": False}
+    )
+    config = T.TrainConfig(batch_size=32, seed=0)
+    loader = method.train_loader(tiny_splits()["train"], ["a", "b"], config)
+    assert loader.batch_sampler.floor == 0.5
+    seen = []
+    real = method.objective.__call__
+    monkeypatch.setattr(
+        type(method.objective), "__call__", lambda self, *a, **k: seen.append(k["sample_weights"]) or real(*a, **k)
+    )
+    batch = next(iter(loader))
+    method.loss(tiny_model(), batch)
+    assert seen == [None]
+    default = T.make_method("midas_sampler_hard", NUM_CLASSES, ["a", "b"], {})
+    default_loader = default.train_loader(tiny_splits()["train"], ["a", "b"], config)
+    assert default_loader.batch_sampler.floor == 0.2
+    seen.clear()
+    default.loss(tiny_model(), next(iter(default_loader)))
+    assert seen[0] is not None and seen[0].shape == (32,)
 
 
 def test_ogm_coefficients_by_hand():

@@ -73,14 +73,26 @@ class PrioritisedMidasMethod(MidasMethod):
 
     The sampler's importance weights go to the objective (``sample_weights``), so the
     expected loss stays that of uniform sampling while the hard or weak-modality samples
-    are seen more often.
+    are seen more often. ``floor`` is the sampler's (the share of uniform sampling);
+    ``importance_weights=False`` drops the weights, so the prioritised samples also count
+    more in the loss (a variant, not the documented use).
     """
 
     def __init__(
-        self, num_classes: int, modalities: Sequence[str], policy: str, name: str, **objective_kwargs: Any
+        self,
+        num_classes: int,
+        modalities: Sequence[str],
+        policy: str,
+        name: str,
+        *,
+        floor: float = 0.2,
+        importance_weights: bool = True,
+        **objective_kwargs: Any,
     ) -> None:
         super().__init__(num_classes, modalities, name=name, **objective_kwargs)
         self.policy = policy
+        self.floor = float(floor)
+        self.use_importance_weights = bool(importance_weights)
         self.stats: Any = None
         self.sampler: Any = None
 
@@ -93,6 +105,7 @@ class PrioritisedMidasMethod(MidasMethod):
             batch_size=config.batch_size,
             seed=config.seed,
             policy=self.policy,
+            floor=self.floor,
             stats=self.stats,
         )
         self.sampler = loader.batch_sampler
@@ -102,7 +115,7 @@ class PrioritisedMidasMethod(MidasMethod):
         if self.sampler is None:
             raise RuntimeError(f"{self.name}: call train_loader() first; the loss needs its sampler's weights")
         output = model(batch.inputs)
-        weights = self.sampler.importance_weights(batch.ids)
+        weights = self.sampler.importance_weights(batch.ids) if self.use_importance_weights else None
         return self.objective(output, batch, fuse=model.fuse, sample_weights=weights)
 
     def after_step(self, batch: MidasBatch, info: Mapping[str, Any]) -> None:

@@ -23,7 +23,11 @@ def _midas(name: str, **fixed: Any) -> MethodFactory:
         if kwargs.pop("input_level", False):
             return InputLevelMidasMethod(num_classes, modalities, name=name, **kwargs)
         if policy is not None:
-            return PrioritisedMidasMethod(num_classes, modalities, policy, name, **kwargs)
+            sampler = {
+                "floor": options.get("sampler_floor", 0.2),
+                "importance_weights": options.get("sampler_importance_weights", True),
+            }
+            return PrioritisedMidasMethod(num_classes, modalities, policy, name, **sampler, **kwargs)
         return MidasMethod(num_classes, modalities, name=name, **kwargs)
 
     return factory
