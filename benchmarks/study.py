@@ -7,15 +7,21 @@ Axes, each changed alone from the protocol-v2 setting of ``benchmarks/accuracy.p
   uninformative one. Each level also trains the image alone (``unimodal_image``), so
   the table shows whether joint training *under-optimises* the image (its head under
   joint training far below the image alone) or the image simply carries little.
-* ``length``: training epochs (the warm-up stays a seventh of training).
+* ``speech``: the dominant modality made stronger (clean enough to be right ~95 % alone).
 * ``lambda``: the weight of the misaligned loss.
 * ``warmup``: the warm-up epochs.
+* ``weak_weight``: MIDAS without its weak-modality weight, paired with MIDAS.
+* ``sampler``: prioritised-sampler variants (another floor, no importance weights), judged
+  against uniform MIDAS on validation; a variant's test figure is reported only if it
+  helps there.
+* ``length``: training epochs: 30 (warm-up a seventh) and the paper's 70 with warm-up 10.
 
     python benchmarks/study.py --worker 0/2 & python benchmarks/study.py --worker 1/2
     python benchmarks/study.py --report-only       # -> benchmarks/results/study.md, JSON lines
 
-Prints one JSON line per cell: MIDAS's paired difference against joint training and
-against joint training with unimodal heads, and the heads' accuracies.
+Prints one JSON line per cell: the subject's paired differences against joint training,
+joint training with unimodal heads and (for variants) MIDAS, and the heads' accuracies.
+While running it prints validation figures only.
 """
 
 from __future__ import annotations
@@ -45,20 +51,57 @@ from midas_data.experiments.paired import paired_difference, verdict
 SEEDS = 5
 EPOCHS = 15
 COMPARED = ("joint", "joint_heads")
-# axis -> list of (label, data overrides, epochs, option overrides, methods)
+# axis -> list of (label, data overrides, epochs, option overrides, methods). The first
+# method whose name starts with "midas" is the cell's subject; the others are its
+# references, trained with the default options on the cell's data and budget.
 Cell = tuple[str, dict[str, Any], int, dict[str, Any], tuple[str, ...]]
 AXES: dict[str, list[Cell]] = {
     "imbalance": [
-        (f"image_noise={noise}", {"image_noise": noise}, EPOCHS, {}, ("joint_heads", "midas", "unimodal_image"))
-        for noise in (1.2, 0.3)
+        (
+            f"image_noise={noise}",
+            {"image_noise": noise},
+            EPOCHS,
+            {},
+            ("midas", "joint", "joint_heads", "unimodal_image"),
+        )
+        for noise in (0.3, 0.7, 1.2)
+    ],
+    "speech": [
+        ("audio_snr_db=0", {"audio_snr_db": 0.0}, EPOCHS, {}, ("midas", "joint", "joint_heads", "unimodal_audio"))
     ],
     "lambda": [(f"lam={lam}", {}, EPOCHS, {"lam": lam}, ("midas",)) for lam in (0.3, 3.0)],
     "warmup": [(f"warmup={w}", {}, EPOCHS, {"warmup_epochs": w}, ("midas",)) for w in (0, 5)],
-    "length": [("epochs=30", {}, 30, {}, ("joint_heads", "midas"))],
+    # The weak-modality weight's share: MIDAS without it, where the image is uninformative
+    # and at the default, each paired with MIDAS on the same data.
+    "weak_weight": [
+        ("no_weak image_noise=1.2", {"image_noise": 1.2}, EPOCHS, {}, ("midas_no_weak", "midas")),
+        ("no_weak", {}, EPOCHS, {}, ("midas_no_weak", "midas")),
+    ],
+    # Sampler variants: judged against uniform MIDAS on *validation*; their test
+    # difference is reported only for a variant whose validation interval is above zero.
+    "sampler": [
+        ("hard floor=0.5", {}, EPOCHS, {"sampler_floor": 0.5}, ("midas_sampler_hard", "midas")),
+        ("weak floor=0.5", {}, EPOCHS, {"sampler_floor": 0.5}, ("midas_sampler_weak", "midas")),
+        (
+            "hard, no importance weights",
+            {},
+            EPOCHS,
+            {"sampler_importance_weights": False},
+            ("midas_sampler_hard", "midas"),
+        ),
+    ],
+    # The paper's budget last: 70 epochs with a 10-epoch warm-up is the costliest cell.
+    "length": [
+        ("epochs=30", {}, 30, {}, ("midas", "joint_heads")),
+        ("epochs=70", {}, 70, {"warmup_epochs": 10}, ("midas", "joint_heads")),
+    ],
 }
-# Seeds per cell: three (the compute budget of two shared cores); the paired intervals say
-# how much that leaves undecided.
-AXIS_SEEDS = {"lambda": SEEDS, "warmup": SEEDS, "imbalance": SEEDS, "length": SEEDS}
+AXIS_SEEDS = {axis: SEEDS for axis in AXES}
+VALIDATION_AXES = ("sampler",)
+
+
+def _subject(methods: tuple[str, ...]) -> str:
+    return next((m for m in methods if m.startswith("midas")), "midas")
 
 
 def jobs() -> list[Job]:
@@ -66,45 +109,56 @@ def jobs() -> list[Job]:
     out: list[Job] = []
     for axis, cells in AXES.items():
         for _, data, epochs, overrides, methods in cells:
+            subject = _subject(methods)
             options = method_options("glyphs", epochs, overrides)
             base_options = method_options("glyphs", epochs)
             for seed in range(AXIS_SEEDS[axis]):
                 for method in methods:
-                    out.append(
-                        ("glyphs", data, method, seed, epochs, options if method.startswith("midas") else base_options)
-                    )
+                    out.append(("glyphs", data, method, seed, epochs, options if method == subject else base_options))
     return out
 
 
+def _val(record: dict[str, Any]) -> float:
+    return record["val_score"][PROTOCOL]
+
+
 def cell_row(runs: dict[str, dict[str, Any]], axis: str, cell: Cell, seeds: int) -> dict[str, Any] | None:
-    """The cell's figures over the seeds 0..n-1 that MIDAS and every logged baseline have."""
-    label, data, epochs, overrides, _ = cell
+    """The cell's figures over the seeds 0..n-1 that its subject and every logged reference have."""
+    label, data, epochs, overrides, methods = cell
+    subject = _subject(methods)
     options = method_options("glyphs", epochs, overrides)
     base_options = method_options("glyphs", epochs)
-    midas = logged_seeds(runs, "glyphs", data, "midas", seeds, epochs, options)
-    others = {
-        m: logged_seeds(runs, "glyphs", data, m, seeds, epochs, base_options) for m in (*COMPARED, "unimodal_image")
-    }
-    n = min([len(midas)] + [len(r) for r in others.values() if r])
+    mine = logged_seeds(runs, "glyphs", data, subject, seeds, epochs, options)
+    references = [m for m in (*COMPARED, "midas", "unimodal_image", "unimodal_audio") if m != subject]
+    others = {m: logged_seeds(runs, "glyphs", data, m, seeds, epochs, base_options) for m in references}
+    n = min([len(mine)] + [len(r) for r in others.values() if r])
     if n < 2:
         return None
-    midas = midas[:n]
+    mine = mine[:n]
     head = lambda recs: sum(r["test"][PROTOCOL]["per_modality_accuracy"]["image"] for r in recs) / n  # noqa: E731
-    row: dict[str, Any] = {"benchmark": "study", "axis": axis, "cell": label, "seeds": n, "epochs": epochs}
-    row["options"] = options
-    row["midas_accuracy"] = sum(score(r) for r in midas) / n
-    row["midas_image_head"] = head(midas)
-    for base in COMPARED:
-        recs = others[base][:n]
+    row: dict[str, Any] = {"benchmark": "study", "axis": axis, "cell": label, "method": subject, "seeds": n}
+    row["epochs"], row["options"] = epochs, options
+    validation_only = axis in VALIDATION_AXES
+    row["midas_val_accuracy"] = sum(_val(r) for r in mine) / n
+    if not validation_only:
+        row["midas_accuracy"] = sum(score(r) for r in mine) / n
+        row["midas_image_head"] = head(mine)
+    for base in (*COMPARED, "midas"):
+        recs = others.get(base, [])[:n]
         if len(recs) < n:
             continue
-        diff = paired_difference([score(r) for r in midas], [score(r) for r in recs])
+        val_diff = paired_difference([_val(r) for r in mine], [_val(r) for r in recs])
+        row[f"val_vs_{base}"] = {**val_diff, "verdict": verdict(val_diff)}
+        if validation_only and val_diff["low"] <= 0:
+            continue  # not better on validation: its test figure is not looked at
+        diff = paired_difference([score(r) for r in mine], [score(r) for r in recs])
         row[f"{base}_accuracy"] = sum(score(r) for r in recs) / n
         row[f"{base}_image_head"] = head(recs)
         row[f"vs_{base}"] = {**diff, "verdict": verdict(diff)}
-    alone = others["unimodal_image"][:n]
-    if len(alone) == n:
-        row["image_alone"] = sum(score(r) for r in alone) / n
+    for modality in ("image", "audio"):
+        alone = others[f"unimodal_{modality}"][:n]
+        if len(alone) == n:
+            row[f"{modality}_alone"] = sum(score(r) for r in alone) / n
     return row
 
 
@@ -116,24 +170,45 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "<!-- written by benchmarks/study.py -->",
         "Glyphs demo data, n seeds per cell (column n), BatchNorm statistics re-estimated before evaluation, "
-        "best-on-validation checkpoint, test accuracy in percent. MIDAS − baseline: mean paired "
-        "per-seed difference with its 95 % t-interval. Image heads: the unimodal image head of each "
-        "model; image alone: a model trained on the image only. Baselines of the `lambda` and "
-        "`warmup` rows are the runs of the default setting (their options do not change).",
+        "best-on-validation checkpoint, test accuracy in percent. Method: the cell's subject (MIDAS or a "
+        "variant); its difference to a reference is the mean paired per-seed difference with its 95 % "
+        "t-interval. Image heads: the unimodal image head of each model (a probe for joint training); "
+        "alone: a model trained on that modality only. References of the `lambda`, `warmup` and "
+        "`weak_weight` rows without data changes are the runs of the default setting.",
         "",
-        "| Axis | Cell | n | MIDAS | joint | joint_heads | MIDAS − joint | MIDAS − joint_heads "
-        "| verdict vs joint_heads | image head: joint / joint_heads / MIDAS | image alone |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Axis | Cell | Method | n | Accuracy | joint | joint_heads | − joint | − joint_heads "
+        "| − midas | verdict vs joint_heads | image head: joint / joint_heads / method | image alone "
+        "| speech alone |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        vj, vh = r.get("vs_joint"), r.get("vs_joint_heads")
+    for r in (r for r in rows if r["axis"] not in VALIDATION_AXES):
+        vj, vh, vm = r.get("vs_joint"), r.get("vs_joint_heads"), r.get("vs_midas")
         heads = " / ".join(_pct(r.get(k)) for k in ("joint_image_head", "joint_heads_image_head", "midas_image_head"))
         lines.append(
-            f"| {r['axis']} | {r['cell']} | {r['seeds']} | {_pct(r['midas_accuracy'])} "
-            f"| {_pct(r.get('joint_accuracy'))} "
-            f"| {_pct(r.get('joint_heads_accuracy'))} | {interval(vj) if vj else ''} | {interval(vh) if vh else ''} "
-            f"| {vh['verdict'] if vh else ''} | {heads} | {_pct(r.get('image_alone'))} |"
+            f"| {r['axis']} | {r['cell']} | {r['method']} | {r['seeds']} | {_pct(r['midas_accuracy'])} "
+            f"| {_pct(r.get('joint_accuracy'))} | {_pct(r.get('joint_heads_accuracy'))} "
+            f"| {interval(vj) if vj else ''} | {interval(vh) if vh else ''} | {interval(vm) if vm else ''} "
+            f"| {vh['verdict'] if vh else ''} | {heads} | {_pct(r.get('image_alone'))} "
+            f"| {_pct(r.get('audio_alone'))} |"
         )
+    sampler = [r for r in rows if r["axis"] in VALIDATION_AXES]
+    if sampler:
+        lines += [
+            "",
+            "Sampler variants against uniform MIDAS, judged on the **validation** split (paired, 95 % "
+            "t-interval); the test difference is shown only for a variant whose validation interval is "
+            "above zero.",
+            "",
+            "| Cell | Method | n | validation accuracy | validation − midas | verdict | test − midas |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in sampler:
+            val, test = r.get("val_vs_midas"), r.get("vs_midas")
+            lines.append(
+                f"| {r['cell']} | {r['method']} | {r['seeds']} | {_pct(r['midas_val_accuracy'])} "
+                f"| {interval(val) if val else ''} | {val['verdict'] if val else ''} "
+                f"| {interval(test) if test else 'not looked at'} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -147,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     index, count = (int(x) for x in args.worker.split("/"))
     if not args.report_only:
-        execute(jobs(), (index, count), Path(args.log), split_pending=False)
+        # Validation figures while running: the sampler variants' test figures stay unseen.
+        execute(jobs(), (index, count), Path(args.log), split_pending=False, show="val")
     runs = read_log(Path(args.log))
-    default: list[Cell] = [("default", {}, EPOCHS, {}, ())]
-    # The default level of the imbalance axis also trained the image alone (accuracy.py).
+    default: list[Cell] = [
+        ("default", {}, EPOCHS, {}, ("midas", "joint", "joint_heads", "unimodal_image", "unimodal_audio"))
+    ]
     rows = []
     for axis, cells in {"default": default, **AXES}.items():
         for cell in cells:
