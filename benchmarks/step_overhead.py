@@ -1,7 +1,9 @@
 """Training-step time of MIDAS relative to joint training, for the same model and batches.
 
-Three steps on the demo's late-fusion model (MLP image encoder, time-delay audio encoder)
-with batches of the demo's shapes, built beforehand so that only the step is timed:
+Three steps on the benchmark's late-fusion model with batches of its shapes, built
+beforehand so that only the step is timed. ``--image-side 28`` (default) is protocol v2's
+model on the glyphs data (CNN image and audio encoders); ``--image-side 8`` the earlier
+8x8 model (MLP image encoder, time-delay audio encoder):
 
 * ``joint`` — forward on the aligned batch, fusion cross-entropy, backward, SGD step;
 * ``feature`` — MIDAS with feature-level misalignment: the same forward, then the fusion
@@ -13,7 +15,7 @@ The three run in alternation, ``--steps`` steps per round and ``--repeats`` roun
 the order rotated every round; the medians of the per-step times are compared. Prints one
 JSON line.
 
-    python benchmarks/step_overhead.py [--batch-size 64] [--steps 20] [--repeats 15]
+    python benchmarks/step_overhead.py [--batch-size 64] [--steps 20] [--repeats 15] [--image-side 28]
 """
 
 from __future__ import annotations
@@ -31,12 +33,18 @@ import torch.nn.functional as F
 from midas_data import MidasBatch, MidasCollate, MidasObjective
 from midas_data.experiments import build_model
 
-SHAPES = {"image": (1, 8, 8), "audio": (1, 32, 65)}
 NUM_CLASSES = 10
 
 
-def make_batches(count: int, batch_size: int, mode: str, seed: int = 0) -> list[MidasBatch]:
-    collate = MidasCollate(tuple(SHAPES), "label", mode=mode, seed=seed)
+Shapes = dict[str, tuple[int, ...]]
+
+
+def shapes_for(image_side: int) -> Shapes:
+    return {"image": (1, image_side, image_side), "audio": (1, 32, 65)}
+
+
+def make_batches(count: int, batch_size: int, mode: str, shapes: Shapes, seed: int = 0) -> list[MidasBatch]:
+    collate = MidasCollate(tuple(shapes), "label", mode=mode, seed=seed)
     g = torch.Generator().manual_seed(seed)
     batches = []
     for b in range(count):
@@ -44,7 +52,7 @@ def make_batches(count: int, batch_size: int, mode: str, seed: int = 0) -> list[
             (
                 b * batch_size + i,
                 {
-                    **{m: torch.randn(*shape, generator=g) for m, shape in SHAPES.items()},
+                    **{m: torch.randn(*shape, generator=g) for m, shape in shapes.items()},
                     "label": int(torch.randint(NUM_CLASSES, (), generator=g)),
                 },
             )
@@ -54,10 +62,10 @@ def make_batches(count: int, batch_size: int, mode: str, seed: int = 0) -> list[
     return batches
 
 
-def make_step(kind: str, seed: int) -> tuple[Callable[[MidasBatch], None], torch.nn.Module]:
-    model = build_model(SHAPES, NUM_CLASSES, seed=seed)
+def make_step(kind: str, shapes: Shapes, seed: int) -> tuple[Callable[[MidasBatch], None], torch.nn.Module]:
+    model = build_model(shapes, NUM_CLASSES, seed=seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    objective = MidasObjective(NUM_CLASSES, tuple(SHAPES))
+    objective = MidasObjective(NUM_CLASSES, tuple(shapes))
 
     def step(batch: MidasBatch) -> None:
         output = model(batch.inputs)
@@ -83,16 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
     parser.add_argument("--repeats", type=int, default=15, help="rounds per kind")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    parser.add_argument("--image-side", type=int, default=28, choices=(8, 28), help="28: glyphs model; 8: 8x8 model")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
+    shapes = shapes_for(args.image_side)
 
     kinds = ("joint", "feature", "input")
     batches = {
-        "joint": make_batches(args.steps, args.batch_size, "feature"),
-        "feature": make_batches(args.steps, args.batch_size, "feature"),
-        "input": make_batches(args.steps, args.batch_size, "input"),
+        "joint": make_batches(args.steps, args.batch_size, "feature", shapes),
+        "feature": make_batches(args.steps, args.batch_size, "feature", shapes),
+        "input": make_batches(args.steps, args.batch_size, "input", shapes),
     }
-    steps = {kind: make_step(kind, seed=0)[0] for kind in kinds}
+    steps = {kind: make_step(kind, shapes, seed=0)[0] for kind in kinds}
     for kind in kinds:  # warm-up: allocator, autograd graph caches
         for batch in batches[kind][:3]:
             steps[kind](batch)
@@ -110,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "benchmark": "step_overhead",
                 "batch_size": args.batch_size,
+                "image_side": args.image_side,
                 "joint_step_s": median["joint"],
                 "feature_level_step_s": median["feature"],
                 "input_level_step_s": median["input"],
