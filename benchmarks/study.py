@@ -131,7 +131,10 @@ def cell_row(runs: dict[str, dict[str, Any]], axis: str, cell: Cell, seeds: int)
     mine = logged_seeds(runs, "glyphs", data, subject, seeds, epochs, options)
     references = [m for m in (*COMPARED, "midas", "unimodal_image", "unimodal_audio") if m != subject]
     others = {m: logged_seeds(runs, "glyphs", data, m, seeds, epochs, base_options) for m in references}
-    n = min([len(mine)] + [len(r) for r in others.values() if r])
+    # The cell's own methods and the two baselines decide n; other references (runs logged
+    # by other scripts on the same data, e.g. regime.py's two seeds) join only if they have n.
+    limiting = [m for m in references if m in methods or m in COMPARED]
+    n = min([len(mine)] + [len(others[m]) for m in limiting if others[m]])
     if n < 2:
         return None
     mine = mine[:n]
