@@ -142,10 +142,10 @@ def cell_row(runs: dict[str, dict[str, Any]], axis: str, cell: Cell, seeds: int)
     row: dict[str, Any] = {"benchmark": "study", "axis": axis, "cell": label, "method": subject, "seeds": n}
     row["epochs"], row["options"] = epochs, options
     validation_only = axis in VALIDATION_AXES
-    row["midas_val_accuracy"] = sum(_val(r) for r in mine) / n
+    row["subject_val_accuracy"] = sum(_val(r) for r in mine) / n
     if not validation_only:
-        row["midas_accuracy"] = sum(score(r) for r in mine) / n
-        row["midas_image_head"] = head(mine)
+        row["subject_accuracy"] = sum(score(r) for r in mine) / n
+        row["subject_image_head"] = head(mine)
     for base in (*COMPARED, "midas"):
         recs = others.get(base, [])[:n]
         if len(recs) < n:
@@ -186,9 +186,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in (r for r in rows if r["axis"] not in VALIDATION_AXES):
         vj, vh, vm = r.get("vs_joint"), r.get("vs_joint_heads"), r.get("vs_midas")
-        heads = " / ".join(_pct(r.get(k)) for k in ("joint_image_head", "joint_heads_image_head", "midas_image_head"))
+        heads = " / ".join(_pct(r.get(k)) for k in ("joint_image_head", "joint_heads_image_head", "subject_image_head"))
         lines.append(
-            f"| {r['axis']} | {r['cell']} | {r['method']} | {r['seeds']} | {_pct(r['midas_accuracy'])} "
+            f"| {r['axis']} | {r['cell']} | {r['method']} | {r['seeds']} | {_pct(r['subject_accuracy'])} "
             f"| {_pct(r.get('joint_accuracy'))} | {_pct(r.get('joint_heads_accuracy'))} "
             f"| {interval(vj) if vj else ''} | {interval(vh) if vh else ''} | {interval(vm) if vm else ''} "
             f"| {vh['verdict'] if vh else ''} | {heads} | {_pct(r.get('image_alone'))} "
@@ -208,7 +208,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         for r in sampler:
             val, test = r.get("val_vs_midas"), r.get("vs_midas")
             lines.append(
-                f"| {r['cell']} | {r['method']} | {r['seeds']} | {_pct(r['midas_val_accuracy'])} "
+                f"| {r['cell']} | {r['method']} | {r['seeds']} | {_pct(r['subject_val_accuracy'])} "
                 f"| {interval(val) if val else ''} | {val['verdict'] if val else ''} "
                 f"| {interval(test) if test else 'not looked at'} |"
             )

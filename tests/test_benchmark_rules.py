@@ -127,9 +127,26 @@ def test_a_sampler_variant_shows_its_test_figure_only_after_winning_on_validatio
     runs, cell = _study_log(val_diff=0.0)
     row = study.cell_row(runs, "sampler", cell, study.SEEDS)
     assert row is not None and row["val_vs_midas"]["verdict"] == "tie"
-    assert "vs_midas" not in row and "midas_accuracy" not in row
+    assert "vs_midas" not in row and "subject_accuracy" not in row and "midas_accuracy" not in row
     assert "not looked at" in study.markdown([row])
     runs, cell = _study_log(val_diff=0.02)
     row = study.cell_row(runs, "sampler", cell, study.SEEDS)
     assert row is not None and row["val_vs_midas"]["verdict"] == "win"
     assert row["vs_midas"]["mean"] == pytest.approx(0.0)
+
+
+def test_a_variant_cell_keeps_its_own_figures_apart_from_the_midas_reference() -> None:
+    cell = next(c for c in study.AXES["weak_weight"] if c[0] == "no_weak")
+    label, data, epochs, overrides, methods = cell
+    options = accuracy.method_options("glyphs", epochs)
+    runs = {}
+    for seed in range(study.SEEDS):
+        for method, test in (("midas_no_weak", 0.80 + 0.01 * seed), ("midas", 0.90 + 0.01 * seed)):
+            key = accuracy.run_key("glyphs", data, method, seed, epochs, options)
+            metrics = {"accuracy": test, "per_modality_accuracy": {"image": test / 2, "audio": test}}
+            runs[key] = {"key": key, "method": method, "val_score": {"precise": test}, "test": {"precise": metrics}}
+    row = study.cell_row(runs, "weak_weight", cell, study.SEEDS)
+    assert row is not None and row["method"] == "midas_no_weak"
+    assert row["subject_accuracy"] == pytest.approx(0.82) and row["midas_accuracy"] == pytest.approx(0.92)
+    assert row["subject_image_head"] == pytest.approx(0.41) and row["vs_midas"]["mean"] == pytest.approx(-0.10)
+    assert "| midas_no_weak | 5 | 82.0 |" in study.markdown([row])
