@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
 import torch
@@ -138,13 +139,13 @@ def cell_row(runs: dict[str, dict[str, Any]], axis: str, cell: Cell, seeds: int)
     if n < 2:
         return None
     mine = mine[:n]
-    head = lambda recs: sum(r["test"][PROTOCOL]["per_modality_accuracy"]["image"] for r in recs) / n  # noqa: E731
+    head = lambda recs: mean(r["test"][PROTOCOL]["per_modality_accuracy"]["image"] for r in recs)  # noqa: E731
     row: dict[str, Any] = {"benchmark": "study", "axis": axis, "cell": label, "method": subject, "seeds": n}
     row["epochs"], row["options"] = epochs, options
     validation_only = axis in VALIDATION_AXES
-    row["subject_val_accuracy"] = sum(_val(r) for r in mine) / n
+    row["subject_val_accuracy"] = mean(_val(r) for r in mine)
     if not validation_only:
-        row["subject_accuracy"] = sum(score(r) for r in mine) / n
+        row["subject_accuracy"] = mean(score(r) for r in mine)
         row["subject_image_head"] = head(mine)
     for base in (*COMPARED, "midas"):
         recs = others.get(base, [])[:n]
@@ -155,13 +156,13 @@ def cell_row(runs: dict[str, dict[str, Any]], axis: str, cell: Cell, seeds: int)
         if validation_only and val_diff["low"] <= 0:
             continue  # not better on validation: its test figure is not looked at
         diff = paired_difference([score(r) for r in mine], [score(r) for r in recs])
-        row[f"{base}_accuracy"] = sum(score(r) for r in recs) / n
+        row[f"{base}_accuracy"] = mean(score(r) for r in recs)
         row[f"{base}_image_head"] = head(recs)
         row[f"vs_{base}"] = {**diff, "verdict": verdict(diff)}
     for modality in ("image", "audio"):
         alone = others[f"unimodal_{modality}"][:n]
         if len(alone) == n:
-            row[f"{modality}_alone"] = sum(score(r) for r in alone) / n
+            row[f"{modality}_alone"] = mean(score(r) for r in alone)
     return row
 
 
