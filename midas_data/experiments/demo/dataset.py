@@ -178,27 +178,38 @@ class DigitsSpeechDataset(Dataset):
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if image_noise < 0:
-            raise ValueError("image_noise is a standard deviation and must be >= 0")
         path = str(Path(data_path) if data_path is not None else DATA_PATH)
         clips = _load_clips(path)
+        self._set_noise_and_audio(clips, image_noise, audio_snr_db, n_mels, normalize_audio)
         images, image_labels = _load_images()
         image_idx, clip_idx = _partition(seed, path)[split]
 
         self.split = split
         self.seed = seed
-        self.image_noise = float(image_noise)
-        self.audio_snr_db = None if audio_snr_db is None else float(audio_snr_db)
-        self.normalize_audio = normalize_audio
-        self.sample_rate = int(clips["sample_rate"])
         self.image_index = image_idx  # rows of sklearn's load_digits()
         self.clip_index = clip_idx  # rows of spoken_digits.npz
         self.labels = image_labels[image_idx]
         self.speakers = clips["speaker"][clip_idx]
         self._images = images
+        self._split_code = SPLITS.index(split)
+
+    def _set_noise_and_audio(
+        self,
+        clips: dict[str, np.ndarray],
+        image_noise: float,
+        audio_snr_db: float | None,
+        n_mels: int,
+        normalize_audio: bool,
+    ) -> None:
+        """The noise strengths and the audio front end (also the glyphs dataset's)."""
+        if image_noise < 0:
+            raise ValueError(f"image_noise: a standard deviation, expected >= 0, got {image_noise}")
+        self.image_noise = float(image_noise)
+        self.audio_snr_db = None if audio_snr_db is None else float(audio_snr_db)
+        self.normalize_audio = normalize_audio
+        self.sample_rate = int(clips["sample_rate"])
         self._waveforms = clips["waveforms"]
         self._speech_length = np.minimum(clips["speech_length"], self._waveforms.shape[1])
-        self._split_code = SPLITS.index(split)
         self._window = _periodic_hann(WIN_LENGTH, N_FFT)
         self._mel_fb = _mel_filterbank(self.sample_rate, N_FFT, n_mels, f_min=50.0)
 

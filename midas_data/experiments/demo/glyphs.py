@@ -37,13 +37,9 @@ import torch
 
 from .dataset import DATA_PATH as CLIPS_PATH
 from .dataset import (
-    N_FFT,
     SPLITS,
-    WIN_LENGTH,
     DigitsSpeechDataset,
     _load_clips,
-    _mel_filterbank,
-    _periodic_hann,
     noisy_image,
 )
 
@@ -139,34 +135,20 @@ class GlyphsSpeechDataset(DigitsSpeechDataset):
     ) -> None:
         if split not in GLYPH_SPLITS:
             raise ValueError(f"split: expected one of {GLYPH_SPLITS}, got {split!r}")
-        if image_noise < 0:
-            raise ValueError(f"image_noise: a standard deviation, expected >= 0, got {image_noise}")
         gpath, cpath = str(glyphs_path or GLYPHS_PATH), str(clips_path or CLIPS_PATH)
         glyphs, clips = _load_glyphs(gpath), _load_clips(cpath)
+        self._set_noise_and_audio(clips, image_noise, audio_snr_db, n_mels, normalize_audio=True)
         rows = slice(*SPLIT_ROWS[split])
         self.split, self.seed = split, seed
-        self.image_noise = float(image_noise)
-        self.audio_snr_db = None if audio_snr_db is None else float(audio_snr_db)
         self.labels = glyphs["labels"][rows]
         self.fonts = glyphs["font"][rows]
         self._images = glyphs["images"][rows]
         self.image_index = np.arange(len(self.labels))  # rows of this split's images
-        self.normalize_audio = True
         self.clip_index = _pairing(seed, split, gpath, cpath)
-        self._waveforms = clips["waveforms"]
-        self._speech_length = np.minimum(clips["speech_length"], self._waveforms.shape[1])
         self._split_code = SPLIT_CODES[split]
-        self._window = _periodic_hann(WIN_LENGTH, N_FFT)
-        self._mel_fb = _mel_filterbank(int(clips["sample_rate"]), N_FFT, n_mels, f_min=50.0)
 
     def _image(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         return noisy_image(self._images[index].astype(np.float32) / 255.0, self.image_noise, rng)
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(split={self.split!r}, n={len(self)}, seed={self.seed}, "
-            f"image_noise={self.image_noise}, audio_snr_db={self.audio_snr_db})"
-        )
 
 
 def load_glyph_splits(
