@@ -292,6 +292,28 @@ def interval(diff: dict[str, Any]) -> str:
     return f"{100 * diff['mean']:+.1f} [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]"
 
 
+def percent(value: float | None) -> str:
+    """A fraction as a table cell in percent; empty for a missing figure."""
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def run_log_parser(doc: str | None, out: Path) -> argparse.ArgumentParser:
+    """The command line of every script that trains into the run log: worker share, log,
+    table, report only. Each script adds its own options."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", default="0/1", help="I/N: run every N-th job starting at I (default: %(default)s)")
+    parser.add_argument("--log", default=str(RUN_LOG), help="JSON-lines run log (default: %(default)s)")
+    parser.add_argument("--out", default=str(out), help="markdown tables (default: %(default)s)")
+    parser.add_argument("--report-only", action="store_true", help="no training: tables from the run log")
+    return parser
+
+
+def worker_share(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)``."""
+    index, count = (int(x) for x in text.split("/"))
+    return index, count
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "<!-- written by benchmarks/accuracy.py (protocol v2) -->",
@@ -364,17 +386,13 @@ def write_demo_reference(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = run_log_parser(__doc__, RESULTS / "accuracy.md")
     parser.add_argument(
         "--datasets", default="glyphs", help="comma-separated (glyphs, demo, class_split, image_dominant)"
     )
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=15, help="epochs per run, the same for every method")
-    parser.add_argument("--worker", default="0/1", help="I/N: run every N-th job starting at I (default: %(default)s)")
-    parser.add_argument("--log", default=str(RUN_LOG), help="JSON-lines run log (default: %(default)s)")
-    parser.add_argument("--out", default=str(RESULTS / "accuracy.md"), help="markdown tables")
-    parser.add_argument("--report-only", action="store_true", help="no training: tables from the run log")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
     args = parser.parse_args(argv)
 
@@ -384,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in methods if m not in training.METHODS]
     if unknown:
         parser.error(f"--methods: unknown {unknown}; expected some of {sorted(training.METHODS)}")
-    index, count = (int(x) for x in args.worker.split("/"))
+    index, count = worker_share(args.worker)
     log = Path(args.log)
     started = time.perf_counter()
     if not args.report_only:

@@ -31,7 +31,6 @@ Prints one JSON line per cell and one with the choice.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -39,7 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accuracy import PROTOCOL, RESULTS, RUN_LOG, Job, execute, logged_seeds, method_options, read_log
+from accuracy import (
+    PROTOCOL,
+    RESULTS,
+    Job,
+    execute,
+    logged_seeds,
+    method_options,
+    percent,
+    read_log,
+    run_log_parser,
+    worker_share,
+)
 
 IMAGE_NOISE = (0.3, 0.5, 0.7)
 AUDIO_SNR_DB = (-6.0, 0.0)
@@ -132,10 +142,6 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
-
-
 def markdown(rows: list[dict[str, Any]], choice: dict[str, Any]) -> str:
     lines = [
         "<!-- written by benchmarks/regime.py -->",
@@ -149,11 +155,11 @@ def markdown(rows: list[dict[str, Any]], choice: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['image_noise']} | {r['audio_snr_db']:+.0f} | {_pct(r['speech_alone'])} | {_pct(r['image_alone'])} "
-            f"| {_pct(r['joint'])} | {_pct(r['joint_speech_probe'])} | {_pct(r['image_probe'])} | {_pct(r['gap'])} "
-            f"| {'yes' if r.get('qualifies') else 'no' if 'qualifies' in r else ''} |"
+        figures = " | ".join(
+            percent(r[k]) for k in ("speech_alone", "image_alone", "joint", "joint_speech_probe", "image_probe", "gap")
         )
+        qualifies = "yes" if r.get("qualifies") else "no" if "qualifies" in r else ""
+        lines.append(f"| {r['image_noise']} | {r['audio_snr_db']:+.0f} | {figures} | {qualifies} |")
     chosen = choice["chosen"]
     lines += [
         "",
@@ -166,14 +172,9 @@ def markdown(rows: list[dict[str, Any]], choice: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", default="0/1", help="I/N: run every N-th job starting at I")
-    parser.add_argument("--log", default=str(RUN_LOG), help="JSON-lines run log shared with accuracy.py")
-    parser.add_argument("--out", default=str(RESULTS / "regime.md"))
-    parser.add_argument("--report-only", action="store_true")
-    args = parser.parse_args(argv)
+    args = run_log_parser(__doc__, RESULTS / "regime.md").parse_args(argv)
     torch.set_num_threads(1)
-    index, count = (int(x) for x in args.worker.split("/"))
+    index, count = worker_share(args.worker)
     if not args.report_only:
         execute(jobs(), (index, count), Path(args.log), split_pending=False, show="val")
     runs = read_log(Path(args.log))

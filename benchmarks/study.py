@@ -26,7 +26,6 @@ While running it prints validation figures only.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -37,14 +36,16 @@ import torch
 from accuracy import (
     PROTOCOL,
     RESULTS,
-    RUN_LOG,
     Job,
     execute,
     interval,
     logged_seeds,
     method_options,
+    percent,
     read_log,
+    run_log_parser,
     score,
+    worker_share,
 )
 
 from midas_data.experiments.paired import paired_difference, verdict
@@ -166,10 +167,6 @@ def cell_row(runs: dict[str, dict[str, Any]], axis: str, cell: Cell, seeds: int)
     return row
 
 
-def _pct(value: Any) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
-
-
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "<!-- written by benchmarks/study.py -->",
@@ -187,13 +184,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in (r for r in rows if r["axis"] not in VALIDATION_AXES):
         vj, vh, vm = r.get("vs_joint"), r.get("vs_joint_heads"), r.get("vs_midas")
-        heads = " / ".join(_pct(r.get(k)) for k in ("joint_image_head", "joint_heads_image_head", "subject_image_head"))
+        heads = " / ".join(
+            percent(r.get(k)) for k in ("joint_image_head", "joint_heads_image_head", "subject_image_head")
+        )
         lines.append(
-            f"| {r['axis']} | {r['cell']} | {r['method']} | {r['seeds']} | {_pct(r['subject_accuracy'])} "
-            f"| {_pct(r.get('joint_accuracy'))} | {_pct(r.get('joint_heads_accuracy'))} "
+            f"| {r['axis']} | {r['cell']} | {r['method']} | {r['seeds']} | {percent(r['subject_accuracy'])} "
+            f"| {percent(r.get('joint_accuracy'))} | {percent(r.get('joint_heads_accuracy'))} "
             f"| {interval(vj) if vj else ''} | {interval(vh) if vh else ''} | {interval(vm) if vm else ''} "
-            f"| {vh['verdict'] if vh else ''} | {heads} | {_pct(r.get('image_alone'))} "
-            f"| {_pct(r.get('audio_alone'))} |"
+            f"| {vh['verdict'] if vh else ''} | {heads} | {percent(r.get('image_alone'))} "
+            f"| {percent(r.get('audio_alone'))} |"
         )
     sampler = [r for r in rows if r["axis"] in VALIDATION_AXES]
     if sampler:
@@ -209,7 +208,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         for r in sampler:
             val, test = r.get("val_vs_midas"), r.get("vs_midas")
             lines.append(
-                f"| {r['cell']} | {r['method']} | {r['seeds']} | {_pct(r['subject_val_accuracy'])} "
+                f"| {r['cell']} | {r['method']} | {r['seeds']} | {percent(r['subject_val_accuracy'])} "
                 f"| {interval(val) if val else ''} | {val['verdict'] if val else ''} "
                 f"| {interval(test) if test else 'not looked at'} |"
             )
@@ -217,14 +216,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", default="0/1", help="I/N: run every N-th job starting at I")
-    parser.add_argument("--log", default=str(RUN_LOG), help="JSON-lines run log shared with accuracy.py")
-    parser.add_argument("--out", default=str(RESULTS / "study.md"))
-    parser.add_argument("--report-only", action="store_true")
-    args = parser.parse_args(argv)
+    args = run_log_parser(__doc__, RESULTS / "study.md").parse_args(argv)
     torch.set_num_threads(1)
-    index, count = (int(x) for x in args.worker.split("/"))
+    index, count = worker_share(args.worker)
     if not args.report_only:
         # Validation figures while running: the sampler variants' test figures stay unseen.
         execute(jobs(), (index, count), Path(args.log), split_pending=False, show="val")
