@@ -23,10 +23,9 @@ def _midas(name: str, **fixed: Any) -> MethodFactory:
         if kwargs.pop("input_level", False):
             return InputLevelMidasMethod(num_classes, modalities, name=name, **kwargs)
         if policy is not None:
-            sampler = {
-                "floor": options.get("sampler_floor", 0.2),
-                "importance_weights": options.get("sampler_importance_weights", True),
-            }
+            # Only the options given: the defaults stay the method's (and the sampler's).
+            names = {"sampler_floor": "floor", "sampler_importance_weights": "importance_weights"}
+            sampler = {arg: options[key] for key, arg in names.items() if key in options}
             return PrioritisedMidasMethod(num_classes, modalities, policy, name, **sampler, **kwargs)
         return MidasMethod(num_classes, modalities, name=name, **kwargs)
 
