@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from midas_data import experiments as training
+from midas_data.experiments.demo import glyphs
 from midas_data.experiments.paired import paired_difference, verdict
 
 MODALITIES = ("image", "audio")
@@ -84,9 +85,7 @@ def data_label(dataset: str, data: dict[str, Any]) -> str:
 def _load(dataset: str, data_json: str) -> dict[str, training.InMemoryDataset]:
     data = json.loads(data_json)
     if dataset == "glyphs":
-        from midas_data.experiments.demo.glyphs import load_glyph_splits
-
-        raw = load_glyph_splits(seed=0, **data)
+        raw = glyphs.load_glyph_splits(seed=0, **data)
     else:
         from midas_data.experiments.demo.variants import load_variant_splits
 
@@ -116,8 +115,6 @@ def method_options(dataset: str, epochs: int, overrides: dict[str, Any] | None =
 
 def run_key(dataset: str, data: dict[str, Any], method: str, seed: int, epochs: int, options: dict[str, Any]) -> str:
     if dataset == "glyphs":  # explicit settings: a run keeps its key if the defaults change
-        from midas_data.experiments.demo import glyphs
-
         data = {"image_noise": glyphs.DEFAULT_IMAGE_NOISE, "audio_snr_db": glyphs.DEFAULT_AUDIO_SNR_DB, **data}
     key = {"dataset": dataset, "data": data, "method": method, "seed": seed, "epochs": epochs, "options": options}
     if dataset in DATA_VERSIONS:
@@ -422,9 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.write_text(markdown(rows))
         if args.epochs == 15:
-            from midas_data.experiments.demo.glyphs import BENCHMARK_REFERENCE
-
-            write_demo_reference(rows, BENCHMARK_REFERENCE)
+            write_demo_reference(rows, glyphs.BENCHMARK_REFERENCE)
         print(f"table written to {out} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 
