@@ -190,7 +190,7 @@ def execute(
         record = run_one(*job)
         with log.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        figure = score(record) if show == "test" else record["val_score"][PROTOCOL]
+        figure = score(record, split=show)
         print(
             f"[{index}/{count}] {data_label(job[0], job[1])} {job[2]} seed {job[3]} epochs {job[4]}: "
             f"{show} {100 * figure:.1f} ({time.perf_counter() - started:.0f} s)",
@@ -222,8 +222,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def score(record: dict[str, Any], protocol: str = PROTOCOL) -> float:
-    """The figure a method is judged by: fused accuracy, or the head's for a unimodal run."""
+def score(record: dict[str, Any], protocol: str = PROTOCOL, split: str = "test") -> float:
+    """The figure a method is judged by: fused accuracy, or the head's for a unimodal run;
+    on ``split="val"``, the same figure of the checkpoint selected on validation."""
+    if split == "val":
+        return record["val_score"][protocol]  # fit's selection score: the same figure
     test = record["test"][protocol]
     if record["method"].startswith("unimodal_"):
         return test["per_modality_accuracy"][record["method"].removeprefix("unimodal_")]
@@ -258,7 +261,7 @@ def summarise(
         row["modality_confidence_mean"] = {
             m: statistics.mean(t["modality_confidence"][m] for t in tests) for m in MODALITIES
         }
-        row["val_accuracy_mean"] = statistics.mean(r["val_score"][PROTOCOL] for r in recs)
+        row["val_accuracy_mean"] = statistics.mean(score(r, split="val") for r in recs)
         row["accuracy_as_trained_mean"], row["accuracy_as_trained_std"] = _mean_std(
             [score(r, "as_trained") for r in recs]
         )

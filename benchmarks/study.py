@@ -98,7 +98,6 @@ AXES: dict[str, list[Cell]] = {
         ("epochs=70", {}, 70, {"warmup_epochs": 10}, ("midas", "joint_heads")),
     ],
 }
-AXIS_SEEDS = {axis: SEEDS for axis in AXES}
 VALIDATION_AXES = ("sampler",)
 
 
@@ -109,19 +108,15 @@ def _subject(methods: tuple[str, ...]) -> str:
 def jobs() -> list[Job]:
     """Seed-major within each cell, in the order of AXES."""
     out: list[Job] = []
-    for axis, cells in AXES.items():
+    for cells in AXES.values():
         for _, data, epochs, overrides, methods in cells:
             subject = _subject(methods)
             options = method_options("glyphs", epochs, overrides)
             base_options = method_options("glyphs", epochs)
-            for seed in range(AXIS_SEEDS[axis]):
+            for seed in range(SEEDS):
                 for method in methods:
                     out.append(("glyphs", data, method, seed, epochs, options if method == subject else base_options))
     return out
-
-
-def _val(record: dict[str, Any]) -> float:
-    return record["val_score"][PROTOCOL]
 
 
 def cell_row(runs: dict[str, dict[str, Any]], axis: str, cell: Cell, seeds: int) -> dict[str, Any] | None:
@@ -144,7 +139,7 @@ def cell_row(runs: dict[str, dict[str, Any]], axis: str, cell: Cell, seeds: int)
     row: dict[str, Any] = {"benchmark": "study", "axis": axis, "cell": label, "method": subject, "seeds": n}
     row["epochs"], row["options"] = epochs, options
     validation_only = axis in VALIDATION_AXES
-    row["subject_val_accuracy"] = mean(_val(r) for r in mine)
+    row["subject_val_accuracy"] = mean(score(r, split="val") for r in mine)
     if not validation_only:
         row["subject_accuracy"] = mean(score(r) for r in mine)
         row["subject_image_head"] = head(mine)
@@ -152,7 +147,7 @@ def cell_row(runs: dict[str, dict[str, Any]], axis: str, cell: Cell, seeds: int)
         recs = others.get(base, [])[:n]
         if len(recs) < n:
             continue
-        val_diff = paired_difference([_val(r) for r in mine], [_val(r) for r in recs])
+        val_diff = paired_difference([score(r, split="val") for r in mine], [score(r, split="val") for r in recs])
         row[f"val_vs_{base}"] = {**val_diff, "verdict": verdict(val_diff)}
         if validation_only and val_diff["low"] <= 0:
             continue  # not better on validation: its test figure is not looked at
@@ -229,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for axis, cells in {"default": default, **AXES}.items():
         for cell in cells:
-            row = cell_row(runs, axis, cell, AXIS_SEEDS.get(axis, SEEDS))
+            row = cell_row(runs, axis, cell, SEEDS)
             if row is not None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
