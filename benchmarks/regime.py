@@ -114,15 +114,16 @@ def cell_figures(runs: dict[str, dict[str, Any]], noise: float, snr: float) -> d
         "joint_speech_probe": _val_mean(joint, lambda v: v["per_modality_accuracy"]["audio"]),
         "image_probe": probe,
     }
-    complete = None not in (speech, image, probe)
-    row["gap"] = image - probe if complete else None  # type: ignore[operator]
-    if complete:
-        row["checks"] = {
-            "speech_dominates": speech - image >= MIN_DOMINANCE,  # type: ignore[operator]
-            "image_learnable": image >= MIN_IMAGE_ALONE,  # type: ignore[operator]
-            "speech_leaves_room": speech <= MAX_SPEECH_ALONE,  # type: ignore[operator]
-        }
-        row["qualifies"] = all(row["checks"].values())
+    if speech is None or image is None or probe is None:
+        row["gap"] = None
+        return row
+    row["gap"] = image - probe
+    row["checks"] = {
+        "speech_dominates": speech - image >= MIN_DOMINANCE,
+        "image_learnable": image >= MIN_IMAGE_ALONE,
+        "speech_leaves_room": speech <= MAX_SPEECH_ALONE,
+    }
+    row["qualifies"] = all(row["checks"].values())
     return row
 
 
