@@ -385,9 +385,6 @@ class MidasBatchSampler(Sampler[list[int]]):
             self._yielded += 1
             yield order[begin:end].tolist()
 
-    def _bounds(self) -> list[tuple[int, int]]:
-        return list(self._bounds_cache)
-
     def __len__(self) -> int:
         self._fit_to_shard()
         return len(self._bounds_cache)
