@@ -20,6 +20,7 @@ __all__ = [
     "misaligned_plan",
     "misaligned_logits",
     "evaluate",
+    "split_metrics",
     "BN_PROTOCOLS",
     "reestimate_batchnorm",
     "with_bn_protocol",
@@ -103,10 +104,15 @@ def evaluate(
     :func:`misaligned_plan` with ``seed``.
     """
     preds = predict(model, data)
-    modalities = list(preds.features)
     if plan is None:
-        plan = misaligned_plan(preds.labels, len(modalities), seed)
-    mis_logits = misaligned_logits(model, preds, data, plan)
+        plan = misaligned_plan(preds.labels, len(preds.features), seed)
+    return split_metrics(preds, misaligned_logits(model, preds, data, plan), plan)
+
+
+def split_metrics(preds: Predictions, mis_logits: torch.Tensor, plan: torch.Tensor) -> dict[str, Any]:
+    """The figures of :func:`evaluate` from a split's predictions and the fusion logits of
+    its misaligned rows ``plan`` (tensors on the CPU)."""
+    modalities = list(preds.features)
     sources = preds.labels[plan]
     num_classes = preds.fusion_logits.shape[1]
     return {

@@ -21,8 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import functional as MF
-from ..experiments import metrics
-from ..experiments.evaluation import Predictions, misaligned_plan
+from ..experiments.evaluation import Predictions, misaligned_plan, split_metrics
 from ..loader import midas_loader, set_epoch
 from ..models import LateFusionClassifier
 from .config import RecipeConfig
@@ -85,17 +84,13 @@ def evaluate_stream(
     plan = misaligned_plan(preds.labels, len(modalities), eval_seed)
     swapped = MF.swap_features([preds.features[m] for m in modalities], plan.to(device))
     mis_logits = model.fuse(dict(zip(modalities, swapped))).cpu()
-    sources = preds.labels[plan]
-    fusion = preds.fusion_logits.cpu()
-    return {
-        "accuracy": metrics.accuracy(fusion, preds.labels),
-        "macro_f1": metrics.macro_f1(fusion, preds.labels, fusion.shape[1]),
-        "per_modality_accuracy": metrics.per_modality_accuracy(
-            {m: v.cpu() for m, v in preds.unimodal_logits.items()}, preds.labels
-        ),
-        "misaligned_accuracy": metrics.misaligned_accuracy(mis_logits, sources),
-        "modality_confidence": metrics.modality_confidence(mis_logits.softmax(dim=1), sources, modalities),
-    }
+    on_cpu = Predictions(
+        labels=preds.labels,
+        fusion_logits=preds.fusion_logits.cpu(),
+        unimodal_logits={m: v.cpu() for m, v in preds.unimodal_logits.items()},
+        features=preds.features,  # only their modality names are read
+    )
+    return split_metrics(on_cpu, mis_logits, plan)
 
 
 def _bar(total: int, initial: int, desc: str, enabled: bool) -> Any:
