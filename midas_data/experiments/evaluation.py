@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from .datasets import InMemoryDataset
 __all__ = [
     "Predictions",
     "predict",
+    "predict_batches",
     "misaligned_plan",
     "misaligned_logits",
     "evaluate",
@@ -43,24 +45,37 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: LateFusionClassifier, data: InMemoryDataset, batch_size: int = 512) -> Predictions:
-    """Run ``model`` in eval mode over ``data`` in chunks; restores the training mode."""
+def predict_batches(
+    model: LateFusionClassifier, batches: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]]
+) -> Predictions:
+    """Run ``model`` in eval mode over ``(inputs, labels)`` batches and concatenate the
+    outputs (left where the model put them); restores the training mode."""
     was_training = model.training
     model.eval()
     try:
         outs: list[MultimodalOutput] = []
-        for start in range(0, len(data), batch_size):
-            chunk = {m: v[start : start + batch_size] for m, v in data.tensors.items()}
-            outs.append(model(chunk))
+        labels: list[torch.Tensor] = []
+        for inputs, batch_labels in batches:
+            outs.append(model(inputs))
+            labels.append(batch_labels)
     finally:
         model.train(was_training)
     mods = list(outs[0].features)
     return Predictions(
-        labels=data.labels,
+        labels=torch.cat(labels).long(),
         fusion_logits=torch.cat([o.fusion_logits for o in outs]),
         unimodal_logits={m: torch.cat([o.unimodal_logits[m] for o in outs]) for m in mods},
         features={m: torch.cat([o.features[m] for o in outs]) for m in mods},
     )
+
+
+def predict(model: LateFusionClassifier, data: InMemoryDataset, batch_size: int = 512) -> Predictions:
+    """Run ``model`` in eval mode over ``data`` in chunks; restores the training mode."""
+    chunks = (
+        ({m: v[start : start + batch_size] for m, v in data.tensors.items()}, data.labels[start : start + batch_size])
+        for start in range(0, len(data), batch_size)
+    )
+    return predict_batches(model, chunks)
 
 
 def misaligned_plan(labels: torch.Tensor, num_modalities: int, seed: int) -> torch.Tensor:

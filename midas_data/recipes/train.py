@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import functional as MF
-from ..experiments.evaluation import Predictions, misaligned_plan, split_metrics
+from ..experiments.evaluation import Predictions, misaligned_plan, predict_batches, split_metrics
 from ..loader import midas_loader, set_epoch
 from ..models import LateFusionClassifier
 from .config import RecipeConfig
@@ -46,31 +46,13 @@ def make_method(config: RecipeConfig, num_classes: int) -> Any:
     )
 
 
-@torch.no_grad()
 def predict_stream(model: LateFusionClassifier, loader: DataLoader, device: torch.device) -> Predictions:
     """Model outputs over every batch of ``loader`` (plain dict batches), kept on ``device``."""
-    was_training = model.training
-    model.eval()
-    labels, fusion = [], []
-    unimodal: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
-    features: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
-    try:
-        for batch in loader:
-            inputs = {m: batch[m].to(device, non_blocking=True) for m in model.modalities}
-            out = model(inputs)
-            labels.append(torch.as_tensor(batch["label"]))
-            fusion.append(out.fusion_logits)
-            for m in model.modalities:
-                unimodal[m].append(out.unimodal_logits[m])
-                features[m].append(out.features[m])
-    finally:
-        model.train(was_training)
-    return Predictions(
-        labels=torch.cat(labels).long(),
-        fusion_logits=torch.cat(fusion),
-        unimodal_logits={m: torch.cat(v) for m, v in unimodal.items()},
-        features={m: torch.cat(v) for m, v in features.items()},
+    batches = (
+        ({m: batch[m].to(device, non_blocking=True) for m in model.modalities}, torch.as_tensor(batch["label"]))
+        for batch in loader
     )
+    return predict_batches(model, batches)
 
 
 @torch.no_grad()
