@@ -44,11 +44,7 @@ def step_losses(method: T.Method, steps: int = 40) -> list[float]:
         method.start_epoch(epoch)
         for batch in loader:
             loss, info = method.loss(model, batch)
-            optimizer.zero_grad()
-            loss.backward()
-            method.after_backward(model)
-            optimizer.step()
-            method.after_step(batch, info)
+            method.update(model, optimizer, batch, loss, info)
             losses.append(float(loss.detach()))
         epoch += 1
     return losses

@@ -104,11 +104,7 @@ def fit(
                 loss, info = method.loss(model, batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{method.name}: loss is {float(loss)} at epoch {epoch}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                method.after_backward(model)
-                optimizer.step()
-                method.after_step(batch, info)
+                method.update(model, optimizer, batch, loss, info)
                 total += float(loss.detach())
                 count += 1
                 if bar is not None:

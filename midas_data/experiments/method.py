@@ -53,6 +53,21 @@ class Method:
     def after_step(self, batch: MidasBatch, info: Mapping[str, Any]) -> None:
         """Called after ``optimizer.step()`` with the diagnostics of :meth:`loss`."""
 
+    def update(
+        self,
+        model: LateFusionClassifier,
+        optimizer: torch.optim.Optimizer,
+        batch: MidasBatch,
+        loss: torch.Tensor,
+        info: Mapping[str, Any],
+    ) -> None:
+        """The rest of a step after :meth:`loss`: backward, the hooks and the optimiser step."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.after_backward(model)
+        optimizer.step()
+        self.after_step(batch, info)
+
     def selection_score(self, metrics: Mapping[str, Any]) -> float:
         """What best-on-validation selection maximises: the fused accuracy."""
         return float(metrics["accuracy"])

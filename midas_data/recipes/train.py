@@ -148,11 +148,7 @@ def train_run(
             for batch in train_loader:
                 batch = batch.to(device, non_blocking=True)
                 loss, info = method.loss(model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                method.after_backward(model)
-                optimizer.step()
-                method.after_step(batch, info)
+                method.update(model, optimizer, batch, loss, info)
                 total += loss.detach()
                 if bar is not None:
                     bar.update(1)
