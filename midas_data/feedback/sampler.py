@@ -396,6 +396,21 @@ class MidasBatchSampler(Sampler[list[int]]):
             self._deal_to(wrapper[1])
 
     # -- checkpoints -----------------------------------------------------------------------
+    def _layout(self, num_shards: int) -> dict[str, Any]:
+        """What a saved position depends on: written by :meth:`state_dict`, and checked by
+        :meth:`load_state_dict` against this sampler (with the shards it would use now)."""
+        return {
+            "num_samples": self.num_samples,
+            "batch_size": self.max_batch_size,
+            "num_replicas": self.num_replicas,
+            "num_shards": num_shards,
+            "drop_last": self.drop_last,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+            "policy": self.policy,
+            "floor": self.floor,
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """Position in the epoch plus what the plan was drawn from, in ``O(1)``.
 
@@ -412,15 +427,7 @@ class MidasBatchSampler(Sampler[list[int]]):
             "snapshot": None if plan is None else plan.snapshot,
             "weak_modality": -1 if plan is None else plan.weak_modality,
             "snapshot_updates": -1 if plan is None else plan.snapshot_updates,
-            "num_samples": self.num_samples,
-            "batch_size": self.max_batch_size,
-            "num_replicas": self.num_replicas,
-            "num_shards": self.num_shards,
-            "drop_last": self.drop_last,
-            "shuffle": self.shuffle,
-            "seed": self.seed,
-            "policy": self.policy,
-            "floor": self.floor,
+            **self._layout(self.num_shards),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -442,17 +449,7 @@ class MidasBatchSampler(Sampler[list[int]]):
         if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
             got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(f"state['format']: expected {_FORMAT!r} (a MidasBatchSampler.state_dict()), got {got!r}")
-        mine = {
-            "num_samples": self.num_samples,
-            "batch_size": self.max_batch_size,
-            "num_replicas": self.num_replicas,
-            "num_shards": self.fixed_num_shards or (world_size() if self.num_replicas == 1 else 1),
-            "drop_last": self.drop_last,
-            "shuffle": self.shuffle,
-            "seed": self.seed,
-            "policy": self.policy,
-            "floor": self.floor,
-        }
+        mine = self._layout(self.fixed_num_shards or (world_size() if self.num_replicas == 1 else 1))
         for key, value in mine.items():
             if state.get(key, 1 if key == "num_shards" else None) != value:
                 raise ValueError(
