@@ -6,26 +6,72 @@ unimodal confidence) and nudges ``alpha[m^]`` by ``eta`` in the direction that c
 gap between how much the unimodal heads trust that modality (``c~``) and how much the
 fusion head does (``q``). Nothing else changes and alpha is never reset between epochs.
 
-All updates are tensor operations on the device of the statistics, so a training step on
-a GPU never waits for the host. Under ``torch.distributed`` the per-step statistic is summed
-over the ranks with one all-reduce before the update, so every rank takes the same step and
-holds the same alpha (a no-op without a process group).
+The controller is an ``nn.Module`` whose state is buffers (alpha, the statistic gathered
+since the last step, the step count): it moves with ``.to(device)``, is saved by
+``state_dict()``, and all its updates are tensor operations on the statistics' device, so a
+training step on a GPU never waits for the host. Under ``torch.distributed`` each call's
+statistic is summed over the ranks with one all-reduce, so every rank takes the same step
+and holds the same alpha (a no-op without a process group).
+
+A step has two halves: :meth:`accumulate` adds a batch's statistic (sums of ``c~`` and
+``c~ - q`` over misaligned rows, and their count), :meth:`step` turns what was gathered into
+one move of alpha. :meth:`update` does both. Summing before stepping is what makes one step
+per optimizer step possible under gradient accumulation: the sign of a summed statistic is
+the sign of the mean over all the micro-batches' rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from .distributed import all_reduce_sum
 
-__all__ = ["WeakModalityController", "VARIANTS"]
+__all__ = ["WeakModalityController", "VARIANTS", "alpha_step"]
 
 VARIANTS = ("paper", "reference")
+_FORMAT = "midas_data.WeakModalityController/2"
 
 
-class WeakModalityController:
+def alpha_step(
+    weights: torch.Tensor,
+    weak: torch.Tensor,
+    totals: torch.Tensor,
+    *,
+    eta: float,
+    alpha_max: float | None,
+    variant: str = "paper",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One controller step from summed statistics: the new ``(weights, weak)``.
+
+    ``totals`` is ``[2M + 1]``. Paper: ``sum_K c~`` ``[M]``, ``sum_K (c~ - q)`` ``[M]``, ``K``;
+    only ``weights[m^]`` moves, ``m^ = argmin sum c~`` (the means' argmin), by
+    ``eta * sign(sum (c~ - q)[m^])``. Reference (two modalities): sums of the raw aligned
+    unimodal confidences ``[2]``, of the fusion probabilities on each component's source
+    class ``[2]``, and ``K``; the scalar weight grows when the fusion head leans further
+    towards the strong modality than the unimodal heads do. ``K = 0`` leaves everything as
+    it is. Pure: no state, no host synchronisation.
+    """
+    m = (totals.shape[0] - 1) // 2
+    any_rows = totals[-1] > 0
+    if variant == "paper":
+        chosen = totals[:m].argmin()
+        direction = torch.sign(totals[m : 2 * m][chosen]) * any_rows
+        step = torch.zeros_like(weights).scatter(0, chosen.view(1), (eta * direction).view(1).to(weights.dtype))
+        return (weights + step).clamp(min=1.0, max=alpha_max), weak
+    uni_ratio = totals[0] / totals[1].clamp_min(1e-12)
+    fused_ratio = totals[2] / totals[3].clamp_min(1e-12)
+    first_strong = uni_ratio > 1
+    leans_strong = torch.where(first_strong, fused_ratio > uni_ratio, fused_ratio < uni_ratio)
+    step = torch.where(leans_strong, eta, -eta) * any_rows
+    new_weak = torch.where(any_rows, first_strong.long(), weak)
+    return (weights + step.to(weights.dtype)).clamp(min=1.0, max=alpha_max), new_weak
+
+
+class WeakModalityController(nn.Module):
     """Keeps and updates the weak-modality weights ``alpha``.
 
     Args:
@@ -37,14 +83,23 @@ class WeakModalityController:
             ``eta * sign(mean(c~^m^ - q^m^))``, clipped to ``[1, alpha_max]``.
             ``"reference"`` — the authors' code for two modalities: one scalar alpha applied
             to whichever modality is weak in the current batch (by the ratio of batch means
-            of raw unimodal confidences), moved by comparing that ratio with the fusion
-            head's ratio of mean probabilities on the two source classes.
-        sync: sum the per-step statistic over the ranks of ``process_group`` (default: the
+            of raw unimodal confidences, summed over the ranks), moved by comparing that
+            ratio with the fusion head's ratio of mean probabilities on the two source classes.
+        sync: sum each call's statistic over the ranks of ``process_group`` (default: the
             whole world) when ``torch.distributed`` is initialised, so alpha is one value
-            across ranks. Every rank must then call :meth:`update` at every step (with
-            zero rows where it has none), as the objective does.
+            across ranks. Every rank must then call :meth:`accumulate` (or :meth:`update`)
+            at every step (with zero rows where it has none), as the objective does.
         process_group: the group to reduce over; ``None`` is the default group.
+
+    Buffers (in ``state_dict()``, moved by ``.to()``): ``weights`` (alpha as stored: ``[M]``,
+    or ``[1]`` for the reference variant's scalar), ``weak`` (the modality the scalar applies
+    to), ``pending`` (the statistic gathered since the last step) and ``steps``.
     """
+
+    weights: torch.Tensor
+    weak: torch.Tensor
+    pending: torch.Tensor
+    steps: torch.Tensor
 
     def __init__(
         self,
@@ -56,6 +111,7 @@ class WeakModalityController:
         sync: bool = True,
         process_group: Any = None,
     ) -> None:
+        super().__init__()
         if num_modalities < 2:
             raise ValueError(f"num_modalities: expected at least 2, got {num_modalities}")
         if variant not in VARIANTS:
@@ -72,60 +128,63 @@ class WeakModalityController:
         self.variant = variant
         self.sync = sync
         self.process_group = process_group
-        # Paper: one weight per modality. Reference: one scalar, kept in slot 0.
-        self._alpha = torch.ones(num_modalities if variant == "paper" else 1)
-        # The modality the scalar alpha currently applies to (reference variant).
-        self._weak = torch.zeros((), dtype=torch.long)
+        self.register_buffer("weights", torch.ones(num_modalities if variant == "paper" else 1))
+        self.register_buffer("weak", torch.zeros((), dtype=torch.long))
+        self.register_buffer("pending", torch.zeros(2 * num_modalities + 1))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     # -- state -------------------------------------------------------------------------
     @property
     def alpha(self) -> torch.Tensor:
         """Per-modality weights ``[M]`` as applied to the misaligned loss."""
+        return self.alpha_for(self.weak)
+
+    def alpha_for(self, weak: torch.Tensor) -> torch.Tensor:
+        """``[M]`` weights with the reference variant's scalar placed on modality ``weak``."""
         if self.variant == "paper":
-            return self._alpha
-        weights = torch.ones(self.num_modalities, dtype=self._alpha.dtype, device=self._alpha.device)
-        return weights.scatter(0, self._weak.view(1), self._alpha)
+            return self.weights
+        ones = torch.ones(self.num_modalities, dtype=self.weights.dtype, device=self.weights.device)
+        return ones.scatter(0, weak.to(self.weights.device).view(1), self.weights)
 
     def loss_weights(self, aligned_confidences: torch.Tensor | None = None) -> torch.Tensor:
-        """The ``alpha [M]`` to apply to this batch's misaligned loss.
-
-        The paper variant uses its per-modality weights as they are. The reference variant
-        first decides from this batch's raw unimodal confidences ``[B, M]`` which modality
-        is weak and applies its scalar alpha there.
-        """
+        """The ``alpha [M]`` for a batch: the reference variant's scalar goes to the modality
+        that is weak in ``aligned_confidences`` ``[B, M]`` (this rank's batch only; the
+        objective uses the rank-summed statistic instead). Changes nothing."""
         if self.variant == "reference" and aligned_confidences is not None and aligned_confidences.numel():
-            if self._alpha.device != aligned_confidences.device:
-                self.to(aligned_confidences.device)
-            means = aligned_confidences.mean(dim=0)
-            # Modality 1 is weak exactly when modality 0's mean confidence is higher.
-            self._weak = (means[0] > means[1]).long()
+            sums = aligned_confidences.float().sum(dim=0)
+            return self.alpha_for(self.weak_from(sums))
         return self.alpha
 
-    def to(self, device: torch.device | str) -> WeakModalityController:
-        self._alpha = self._alpha.to(device)
-        self._weak = self._weak.to(device)
-        return self
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"format": _FORMAT, "variant": self.variant, "num_modalities": self.num_modalities}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "alpha": self._alpha.detach().cpu().clone(),
-            "weak": self._weak.detach().cpu().clone(),
-            "variant": self.variant,
-            "num_modalities": self.num_modalities,
-        }
+    def set_extra_state(self, state: Any) -> None:
+        self._check_kind(state)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("variant") != self.variant or state.get("num_modalities") != self.num_modalities:
+    def _check_kind(self, state: Any) -> None:
+        got = (state.get("variant"), state.get("num_modalities")) if isinstance(state, Mapping) else (None, None)
+        if got != (self.variant, self.num_modalities):
             raise ValueError(
-                f"controller state is for variant={state.get('variant')!r} with "
-                f"{state.get('num_modalities')} modalities; this controller is variant="
-                f"{self.variant!r} with {self.num_modalities}"
+                f"controller state is for variant={got[0]!r} with {got[1]} modalities; this controller is "
+                f"variant={self.variant!r} with {self.num_modalities}"
             )
-        alpha = torch.as_tensor(state["alpha"], dtype=torch.float32)
-        if alpha.shape != self._alpha.shape:
-            raise ValueError(f"alpha: expected shape {tuple(self._alpha.shape)}, got {tuple(alpha.shape)}")
-        self._alpha = alpha.to(self._alpha.device)
-        self._weak = torch.as_tensor(state["weak"], dtype=torch.long).to(self._weak.device)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load a ``state_dict()``; a checkpoint of the earlier format (``alpha``, ``weak``,
+        ``variant``, ``num_modalities``) is converted (nothing was pending then)."""
+        if "alpha" in state_dict and "weights" not in state_dict:
+            self._check_kind(state_dict)
+            alpha = torch.as_tensor(state_dict["alpha"], dtype=torch.float32)
+            if alpha.shape != self.weights.shape:
+                raise ValueError(f"alpha: expected shape {tuple(self.weights.shape)}, got {tuple(alpha.shape)}")
+            state_dict = {
+                "weights": alpha,
+                "weak": torch.as_tensor(state_dict["weak"], dtype=torch.long),
+                "pending": torch.zeros_like(self.pending),
+                "steps": torch.zeros_like(self.steps),
+                "_extra_state": self.get_extra_state(),
+            }
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # -- update ------------------------------------------------------------------------
     def weak_modality(self, shares: torch.Tensor) -> torch.Tensor:
@@ -133,7 +192,7 @@ class WeakModalityController:
         return shares.mean(dim=0).argmin()
 
     @torch.no_grad()
-    def update(
+    def statistic(
         self,
         shares: torch.Tensor,
         fusion_ratio: torch.Tensor,
@@ -141,7 +200,8 @@ class WeakModalityController:
         aligned_confidences: torch.Tensor | None = None,
         fusion_source_probs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One step after a batch of ``K`` misaligned rows; returns the new ``alpha [M]``.
+        """One batch's statistic ``[2M + 1]`` (see :func:`alpha_step`), summed over the ranks
+        when syncing: the only collective of a step, asynchronous on CUDA.
 
         Args:
             shares: normalized unimodal confidences ``c~`` ``[K, M]``.
@@ -150,53 +210,75 @@ class WeakModalityController:
                 label ``[B, M]`` (reference variant only).
             fusion_source_probs: fusion probabilities of the misaligned rows on each
                 component's source class ``[K, M]`` (reference variant only).
-        A batch with no misaligned rows leaves alpha unchanged (on every rank: the step
-        follows the rows of all ranks together).
         """
         if shares.shape != fusion_ratio.shape or shares.dim() != 2 or shares.shape[1] != self.num_modalities:
             raise ValueError(
                 f"shares {tuple(shares.shape)} and fusion_ratio {tuple(fusion_ratio.shape)}: expected "
                 f"the same shape [K, {self.num_modalities}]"
             )
-        if self._alpha.device != shares.device:
-            self.to(shares.device)
+        shares, fusion_ratio = shares.float(), fusion_ratio.float()
+        count = shares.new_full((1,), len(shares))
         if self.variant == "paper":
-            # Sums over the misaligned rows; the means' argmin and sign are the sums'.
-            totals = self._reduce(
-                torch.cat([shares.sum(dim=0), (shares - fusion_ratio).sum(dim=0), shares.new_full((1,), len(shares))])
-            )
-            m = self.num_modalities
-            weak = totals[:m].argmin()
-            direction = torch.sign(totals[m : 2 * m][weak]) * (totals[-1] > 0)
-            step = torch.zeros_like(self._alpha).scatter(0, weak.view(1), (self.eta * direction).view(1))
-            self._alpha = self._clip(self._alpha + step)
-            return self.alpha
-        if aligned_confidences is None or fusion_source_probs is None:
-            raise ValueError("variant='reference' needs aligned_confidences and fusion_source_probs")
-        # Ratios of batch means, modality 0 over modality 1, as in the authors' code (the
-        # counts cancel, so sums serve).
-        totals = self._reduce(
-            torch.cat(
-                [
-                    aligned_confidences.sum(dim=0).to(shares.dtype),
-                    fusion_source_probs.sum(dim=0).to(shares.dtype),
-                    shares.new_full((1,), len(shares)),
-                ]
-            )
+            local = torch.cat([shares.sum(dim=0), (shares - fusion_ratio).sum(dim=0), count])
+        else:
+            if aligned_confidences is None or fusion_source_probs is None:
+                raise ValueError("variant='reference' needs aligned_confidences and fusion_source_probs")
+            # Ratios of batch means, modality 0 over modality 1, as in the authors' code (the
+            # counts cancel, so sums serve, and sums add up across ranks and micro-batches).
+            local = torch.cat([aligned_confidences.float().sum(dim=0), fusion_source_probs.float().sum(dim=0), count])
+        return all_reduce_sum(local, self.process_group) if self.sync else local
+
+    def weak_from(self, totals: torch.Tensor) -> torch.Tensor:
+        """The modality the reference variant's scalar applies to for a batch with these
+        (rank-summed) statistics: modality 1 when modality 0's mean confidence is higher."""
+        return (totals[0] > totals[1]).long()
+
+    @torch.no_grad()
+    def accumulate(self, totals: torch.Tensor) -> None:
+        """Add a statistic from :meth:`statistic` to what the next :meth:`step` uses."""
+        self._follow(totals.device)
+        self.pending.add_(totals.to(self.pending.dtype))
+
+    @torch.no_grad()
+    def step(self) -> torch.Tensor:
+        """Move alpha once from everything accumulated since the last step; returns alpha."""
+        weights, weak = alpha_step(
+            self.weights, self.weak, self.pending, eta=self.eta, alpha_max=self.alpha_max, variant=self.variant
         )
-        uni_ratio = totals[0] / totals[1].clamp_min(1e-12)
-        fused_ratio = totals[2] / totals[3].clamp_min(1e-12)
-        first_strong = uni_ratio > 1
-        # Alpha grows when the fusion head leans further towards the strong modality than
-        # the unimodal heads do.
-        leans_strong = torch.where(first_strong, fused_ratio > uni_ratio, fused_ratio < uni_ratio)
-        step = torch.where(leans_strong, self.eta, -self.eta) * (totals[-1] > 0)
-        self._weak = torch.where(totals[-1] > 0, first_strong.long(), self._weak)
-        self._alpha = self._clip(self._alpha + step)
+        self.weights.copy_(weights)
+        self.weak.copy_(weak)
+        self.pending.zero_()
+        self.steps.add_(1)
         return self.alpha
 
-    def _reduce(self, totals: torch.Tensor) -> torch.Tensor:
-        return all_reduce_sum(totals, self.process_group) if self.sync else totals
+    def update(
+        self,
+        shares: torch.Tensor,
+        fusion_ratio: torch.Tensor,
+        *,
+        aligned_confidences: torch.Tensor | None = None,
+        fusion_source_probs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`statistic`, :meth:`accumulate` and :meth:`step` after one batch of ``K``
+        misaligned rows; returns the new ``alpha [M]``. A batch with no misaligned rows (on
+        any rank) leaves alpha unchanged."""
+        totals = self.statistic(
+            shares, fusion_ratio, aligned_confidences=aligned_confidences, fusion_source_probs=fusion_source_probs
+        )
+        self.accumulate(totals)
+        return self.step()
 
-    def _clip(self, alpha: torch.Tensor) -> torch.Tensor:
-        return alpha.clamp(min=1.0, max=self.alpha_max)
+    def _apply(self, fn: Any, recurse: bool = True) -> WeakModalityController:
+        # .half() / .to(bfloat16) on a model holding the objective (Lightning's "bf16-true")
+        # must not round alpha to 8 bits: the controller's buffers stay float32 and int64.
+        super()._apply(fn, recurse)
+        for name in ("weights", "pending"):
+            buffer = getattr(self, name)
+            if buffer.dtype != torch.float32:
+                setattr(self, name, buffer.float())
+        return self
+
+    def _follow(self, device: torch.device) -> None:
+        """Buffers go where the statistics are (a trainer may move the model only)."""
+        if self.weights.device != device:
+            self.to(device)

@@ -24,12 +24,16 @@ __all__ = [
     "plan_pairs",
     "plan_anchors",
     "check_plan",
+    "check_plan_shape",
+    "plan_in_range",
     "replaced_mask",
     "source_labels",
     "gather_confidences",
     "normalized_confidences",
     "soft_labels",
     "fusion_confidence_ratio",
+    "feature_similarity",
+    "hard_weights_from_similarity",
     "hard_sample_weights",
     "misaligned_loss",
     "swap_features",
@@ -191,13 +195,27 @@ def plan_anchors(plan: torch.Tensor) -> torch.Tensor:
     return plan.gather(1, block.unsqueeze(1)).squeeze(1)
 
 
-def check_plan(plan: torch.Tensor, batch: int, name: str = "plan") -> None:
-    """Raise a clear error unless ``plan`` is an integer ``[K, M]`` of rows in ``[0, batch)``."""
+def check_plan_shape(plan: torch.Tensor, name: str = "plan") -> None:
+    """Raise a clear error unless ``plan`` is an integer ``[K, M]`` tensor (host-known facts only)."""
     if plan.dim() != 2:
         raise ValueError(f"{name}: expected shape [K, M], got {tuple(plan.shape)}")
     if plan.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{name}: expected an integer tensor of batch rows, got {plan.dtype}")
-    if plan.numel() and (int(plan.min()) < 0 or int(plan.max()) >= batch):
+
+
+def plan_in_range(plan: torch.Tensor, batch: int) -> torch.Tensor:
+    """0-dim bool tensor: every entry of ``plan`` is a batch row in ``[0, batch)``. No host
+    synchronisation: a caller folds it into one combined check."""
+    if plan.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=plan.device)
+    return (plan.min() >= 0) & (plan.max() < batch)
+
+
+def check_plan(plan: torch.Tensor, batch: int, name: str = "plan") -> None:
+    """Raise a clear error unless ``plan`` is an integer ``[K, M]`` of rows in ``[0, batch)``
+    (one host synchronisation, for the range)."""
+    check_plan_shape(plan, name)
+    if not bool(plan_in_range(plan, batch)):
         raise IndexError(
             f"{name}: entries must be batch rows in [0, {batch}), got range [{int(plan.min())}, {int(plan.max())}]"
         )
@@ -257,20 +275,21 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-def hard_sample_weights(
+def feature_similarity(
     original_features: Sequence[torch.Tensor],
     swapped_features: Sequence[torch.Tensor],
     replaced: torch.Tensor | None = None,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """Hard-sample weight ``w = 1 + (s + 1) / 2`` in ``[1, 2]``, ``[K]``.
+    """Hard-sample similarity ``s`` in ``[-1, 1]``, ``[K]``: the mean cosine similarity, over
+    the replaced modalities, between the anchor's feature and the one swapped in.
 
     ``original_features[i]`` and ``swapped_features[i]`` are ``[K, D_i]`` features of one
-    modality: of the anchor and of the sample swapped in. ``s`` is the mean cosine
-    similarity over the replaced modalities; ``replaced`` (``[K, len(features)]`` bool)
-    selects them per row where rows differ (three or more modalities); by default every
-    listed modality counts. A zero-norm feature has similarity 0, never NaN; a row with
-    no replaced modality gets ``s = 0``. The result is detached.
+    modality. ``replaced`` (``[K, len(features)]`` bool) selects the modalities per row where
+    rows differ (three or more modalities); by default every listed modality counts. The
+    cosine runs in float32 whatever the features' dtype: in float16 the product of two
+    norms above ~256 overflows and a zero clamp rounds to 0. A zero-norm feature has
+    similarity 0, never NaN; a row with no replaced modality gets ``s = 0``. Detached.
     """
     if len(original_features) != len(swapped_features) or not original_features:
         raise ValueError(
@@ -281,7 +300,7 @@ def hard_sample_weights(
     for i, (a, b) in enumerate(zip(original_features, swapped_features)):
         if a.shape != b.shape:
             raise ValueError(f"features of modality {i}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
-        a, b = _flatten(a.detach()), _flatten(b.detach())
+        a, b = _flatten(a.detach()).float(), _flatten(b.detach()).float()
         dot = (a * b).sum(dim=1)
         norms = a.norm(dim=1) * b.norm(dim=1)
         sims.append(dot / norms.clamp_min(eps))
@@ -293,7 +312,23 @@ def hard_sample_weights(
             raise ValueError(f"replaced: expected shape {tuple(sim.shape)}, got {tuple(replaced.shape)}")
         mask = replaced.to(sim.dtype)
         mean_sim = (sim * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-    return 1.0 + (mean_sim.clamp(-1.0, 1.0) + 1.0) / 2.0
+    return mean_sim.clamp(-1.0, 1.0)
+
+
+def hard_weights_from_similarity(similarity: torch.Tensor) -> torch.Tensor:
+    """``w = 1 + (s + 1) / 2`` in ``[1, 2]``: the more alike, the harder, the heavier."""
+    return 1.0 + (similarity + 1.0) / 2.0
+
+
+def hard_sample_weights(
+    original_features: Sequence[torch.Tensor],
+    swapped_features: Sequence[torch.Tensor],
+    replaced: torch.Tensor | None = None,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Hard-sample weight ``w = 1 + (s + 1) / 2`` in ``[1, 2]``, ``[K]``, float32, detached;
+    ``s`` is :func:`feature_similarity` (same arguments)."""
+    return hard_weights_from_similarity(feature_similarity(original_features, swapped_features, replaced, eps))
 
 
 def misaligned_loss(
@@ -309,7 +344,8 @@ def misaligned_loss(
     ``confidences`` ``[K, M]`` the unimodal confidences of the components' sources on their
     own labels, ``alpha`` ``[M]`` the weak-modality weights and ``weights`` ``[K]`` the
     hard-sample weights. Confidences, alpha and weights are treated as constants: the
-    gradient flows through ``fusion_logits`` only.
+    gradient flows through ``fusion_logits`` only. The log-softmax runs in float32 (the
+    result is float32) whatever the logits' dtype, so bf16/fp16 logits lose nothing here.
     """
     if fusion_logits.dim() != 2 or fusion_logits.shape[0] != confidences.shape[0]:
         raise ValueError(
@@ -319,8 +355,8 @@ def misaligned_loss(
         raise ValueError(f"alpha: expected shape [{confidences.shape[1]}], got {tuple(alpha.shape)}")
     if weights.shape != (confidences.shape[0],):
         raise ValueError(f"weights: expected shape [{confidences.shape[0]}], got {tuple(weights.shape)}")
-    shares = normalized_confidences(confidences.detach())
-    log_p = F.log_softmax(fusion_logits, dim=1).gather(1, source_labels.long())
+    shares = normalized_confidences(confidences.detach().float())
+    log_p = F.log_softmax(fusion_logits.float(), dim=1).gather(1, source_labels.long())
     per_row = -(alpha.detach().to(log_p.dtype) * shares * log_p).sum(dim=1)
     return weights.detach().to(per_row.dtype) * per_row
 

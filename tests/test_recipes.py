@@ -339,7 +339,7 @@ def test_reproduce_trains_two_epochs_writes_the_report_and_resumes(tmp_path, cap
     results = json.loads((out / "results.json").read_text())
     assert [r["epoch"] for r in results["history"]["midas"]] == [0, 1, 2]
     saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert saved["state"]["epoch"] == 2 and saved["objective"]["epoch"] == 2
+    assert saved["state"]["epoch"] == 2 and saved["objective"]["_extra_state"]["epoch"] == 2
 
 
 def test_reproduce_trains_three_modalities_on_mosi(tmp_path, capsys):

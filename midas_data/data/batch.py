@@ -86,6 +86,8 @@ class MidasBatch:
         epoch: the epoch the plan was drawn for (the loader's epoch when the batch was
             built); ``-1`` when unknown. The objective follows it, so warm-up ends on time
             even in a loop that never calls ``set_epoch``.
+        rule: the partner rule the plan was drawn with (``"different_label"`` or
+            ``"any"``; ``""`` when unknown); the objective checks it against its variant.
     """
 
     inputs: dict[str, Any]
@@ -97,6 +99,7 @@ class MidasBatch:
     num_unpaired: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
     epoch: int = -1
+    rule: str = ""
     # Misaligned inputs built so far (in the worker or on first access).
     _misaligned: dict[str, Any] | None = field(default=None, repr=False)
 

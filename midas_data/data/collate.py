@@ -229,6 +229,7 @@ class MidasCollate:
             num_unpaired=plan.num_unpaired,
             extras=self._extras(samples),
             epoch=epoch if self._epoch_shared else -1,
+            rule=self.rule,
         )
         if batch.input_level and self.materialize_in_worker:
             batch._misaligned = batch.materialize()

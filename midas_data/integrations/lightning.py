@@ -100,7 +100,9 @@ class MidasCallback(pl.Callback):
     # -- finding the parts -----------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.objective is None:
-            found = [v for v in vars(pl_module).values() if isinstance(v, MidasObjective)]
+            # The objective is a module: a LightningModule holds it among its children.
+            attributes = {**vars(pl_module), **dict(pl_module.named_children())}
+            found = list({id(v): v for v in attributes.values() if isinstance(v, MidasObjective)}.values())
             if len(found) != 1:
                 raise ValueError(
                     f"MidasCallback: the LightningModule has {len(found)} MidasObjective attributes; pass "
