@@ -59,8 +59,8 @@ def alpha_step(
     any_rows = totals[-1] > 0
     if variant == "paper":
         chosen = totals[:m].argmin()
-        direction = torch.sign(totals[m : 2 * m][chosen]) * any_rows
-        step = torch.zeros_like(weights).scatter(0, chosen.view(1), (eta * direction).view(1).to(weights.dtype))
+        direction = torch.sign(totals[m : 2 * m].gather(0, chosen.view(1))) * any_rows
+        step = torch.zeros_like(weights).scatter(0, chosen.view(1), (eta * direction).to(weights.dtype))
         return (weights + step).clamp(min=1.0, max=alpha_max), weak
     uni_ratio = totals[0] / totals[1].clamp_min(1e-12)
     fused_ratio = totals[2] / totals[3].clamp_min(1e-12)
@@ -270,12 +270,13 @@ class WeakModalityController(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> WeakModalityController:
         # .half() / .to(bfloat16) on a model holding the objective (Lightning's "bf16-true")
-        # must not round alpha to 8 bits: the controller's buffers stay float32 and int64.
+        # must not round alpha to 8 bits: the buffers follow a move, never a dtype change.
+        kept = {name: getattr(self, name) for name in ("weights", "pending")}
         super()._apply(fn, recurse)
-        for name in ("weights", "pending"):
-            buffer = getattr(self, name)
-            if buffer.dtype != torch.float32:
-                setattr(self, name, buffer.float())
+        for name, before in kept.items():
+            after = getattr(self, name)
+            if after.dtype != before.dtype:
+                setattr(self, name, before.to(after.device))
         return self
 
     def _follow(self, device: torch.device) -> None:
