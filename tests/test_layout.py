@@ -16,6 +16,7 @@ FLOORS = {
     "functional": 1,
     "controller": 1,
     "models": 1,
+    "debug": 1,
     "errors": 0,
     "distributed": 0,
     "data": 2,

@@ -1,18 +1,27 @@
 """StatsTable: layout, updates and their bad input, sharing with workers, checkpoints."""
 
+import datetime
 import gc
 import io
 import math
 import os
 import pickle
+import socket
 import warnings
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from many_processes import leave_rank, tear_down_after_error
 from torch.utils.data import DataLoader, Dataset
 
 from midas_data import LateFusionClassifier, MidasObjective
+from midas_data.debug import count_host_syncs
+from midas_data.feedback.columns import as_id_tensor, pack_statistics
 from midas_data.feedback.stats import StatsStorageWarning, StatsTable, bytes_per_sample
+from midas_data.feedback.sync import all_gather_rows, sync_stats
+from midas_data.feedback.validation import check_packed, check_step
 
 MODALITIES = ("audio", "video")
 
@@ -315,3 +324,172 @@ def test_file_backed_table_in_an_unwritable_directory_says_how_to_fix(monkeypatc
     missing = tmp_path / "does-not-exist"
     with pytest.raises(RuntimeError, match="directory= a writable local directory"):
         StatsTable(4, MODALITIES, storage="file", directory=missing)
+
+
+# -- batch capacity and sync_stats ------------------------------------------------------------
+def test_batch_capacity_is_host_side_configuration():
+    table = StatsTable(10, MODALITIES)
+    assert table.batch_capacity is None
+    table.batch_capacity = 6
+    assert StatsTable(10, MODALITIES, batch_capacity=4).batch_capacity == 4
+    for bad in (0, -1, 2.5, True, "6"):
+        with pytest.raises(ValueError, match="batch_capacity"):
+            StatsTable(10, MODALITIES, batch_capacity=bad)
+        with pytest.raises(ValueError, match="batch_capacity"):
+            table.batch_capacity = bad
+    assert table.batch_capacity == 6
+    assert "batch_capacity" not in table.state_dict()  # not part of a checkpoint
+    assert pickle.loads(pickle.dumps(table)).batch_capacity == 6  # a copy keeps its configuration
+    # Without a process group sync_stats is the local update, whatever the capacity.
+    ids = torch.tensor([1, 4])
+    sync_stats(table, ids, per_sample(2, seed=1), step=3)
+    reference = StatsTable(10, MODALITIES)
+    reference.update(ids, per_sample(2, seed=1), step=3)
+    assert_unchanged(table, snapshot(reference))
+    with pytest.raises(ValueError, match="capacity"):
+        sync_stats(table, ids, per_sample(2), capacity=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+RANK_IDS = ([3, 7, 9], [9, 20])  # unequal row counts per rank, one shared id
+
+
+def _capacity_rank(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
+    )
+    try:
+        gathered_shapes = []
+        real_all_gather = dist.all_gather
+
+        def counting_all_gather(tensors, tensor, *args, **kwargs):
+            gathered_shapes.append(tuple(tensor.shape))
+            return real_all_gather(tensors, tensor, *args, **kwargs)
+
+        dist.all_gather = counting_all_gather
+        result = {}
+        table = StatsTable(50, MODALITIES)
+        table.batch_capacity = 5
+        ids = RANK_IDS[rank]
+        sync_stats(table, torch.tensor(ids), per_sample(len(ids), seed=rank), step=1)
+        result["capacity_gathers"] = list(gathered_shapes)
+        # Without a capacity the ranks exchange sizes first; reading them is the host sync.
+        gathered_shapes.clear()
+        packed, _ = pack_statistics(per_sample(len(ids), seed=rank), 2, len(ids))
+        for capacity in (5, None):
+            with count_host_syncs() as syncs:
+                all_gather_rows(torch.tensor(ids), packed, capacity=capacity)
+            result[f"syncs_{capacity}"] = syncs.ops
+        result["exchange_gathers"] = list(gathered_shapes)
+        # A rank over its capacity: it raises, the other rank's table rejects the step.
+        before = snapshot(table)
+        too_many = list(range(30, 36)) if rank == 1 else [30]
+        try:
+            sync_stats(table, torch.tensor(too_many), per_sample(len(too_many), seed=5), step=2)
+            result["overflow"] = ""
+        except ValueError as err:
+            result["overflow"] = str(err)
+        assert_unchanged(table, before)
+        result["values"], result["last_step"], result["updates"] = snapshot(table)
+        torch.save(result, f"{out}/rank{rank}.pt")
+        leave_rank()
+    finally:
+        tear_down_after_error()
+
+
+def test_sync_stats_with_a_batch_capacity_needs_no_size_exchange(tmp_path):
+    mp.spawn(_capacity_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    for r in (r0, r1):
+        # Two gathers of capacity-long tensors (ids, then values); no size all-gather.
+        assert r["capacity_gathers"] == [(5,), (5, 5)]
+        assert r["exchange_gathers"] == [(5,), (5, 5), (1,), (3,), (3, 5)]
+        assert r["syncs_5"] == []
+        assert r["syncs_None"] == ["aten._local_scalar_dense.default"] * 2  # int() of each rank's size
+    # Identical tables, equal to one update with every rank's rows in rank order.
+    reference = StatsTable(50, MODALITIES)
+    stats = [per_sample(len(ids), seed=rank) for rank, ids in enumerate(RANK_IDS)]
+    reference.update(
+        torch.tensor(RANK_IDS[0] + RANK_IDS[1]), {k: torch.cat([s[k] for s in stats]) for k in stats[0]}, step=1
+    )
+    for r in (r0, r1):
+        assert torch.equal(r["values"].isnan(), reference.values.isnan())
+        assert torch.equal(r["values"].nan_to_num(), reference.values.nan_to_num())
+        assert torch.equal(r["last_step"], reference.last_step) and r["updates"] == 1
+    assert "rank 1 has 6 rows to send, more than capacity=5" in r1["overflow"]
+    assert "sample id -2" in r0["overflow"] and "the table is unchanged" in r0["overflow"]
+
+
+# -- host synchronisations ------------------------------------------------------------------
+def test_count_host_syncs_flags_what_makes_the_host_wait():
+    t = torch.tensor([1.0, -2.0, 3.0, 0.0])
+    flagged = {
+        "item": lambda: t.sum().item(),
+        "bool": lambda: bool(t.any()),
+        "mask index": lambda: t[t > 0],
+        "mask assignment": lambda: t.clone().__setitem__(t < 0, 0.0),
+        "nonzero": lambda: t.nonzero(),
+        "where(mask)": lambda: torch.where(t > 0),
+        "unique": lambda: torch.unique(t),
+        "masked_select": lambda: t.masked_select(t > 0),
+        "repeat_interleave": lambda: torch.repeat_interleave(torch.tensor([1, 2])),
+    }
+    for name, op in flagged.items():
+        with count_host_syncs() as syncs:
+            op()
+        assert syncs.count == 1 == len(syncs.ops), (name, syncs.ops)
+    with count_host_syncs() as syncs:
+        t.nonzero()
+        t[t > 0]
+    assert syncs.ops == ["aten.nonzero.default", "aten.index.Tensor"]
+    with count_host_syncs() as syncs:
+        t.sum()
+        t.index_select(0, torch.tensor([2, 0]))
+        t[torch.tensor([2, 0])]
+        torch.where(t > 0, t, 0.0)
+        t.masked_fill(t < 0, 0.0)
+        torch.repeat_interleave(torch.tensor([1, 2]), output_size=3)
+        t.to("cpu", non_blocking=True)
+    assert syncs.count == 0, syncs.ops
+
+
+def test_packing_statistics_in_the_step_never_waits_for_the_device():
+    objective_like = per_sample(6, seed=4, has=[True, False, True, True, False, True])
+    valid = torch.tensor([True] * 5 + [False])
+    with count_host_syncs() as syncs:
+        # What a step runs before the values leave the device: sync_stats and update pack
+        # them, update_packed checks host-known facts, then copies with non_blocking=True.
+        ids = as_id_tensor(torch.arange(6) * 7)
+        packed, columns = pack_statistics(objective_like, 2, ids.shape[0])
+        check_step(5)
+        check_packed(packed, valid, ids.shape[0], 2 + 3)
+        packed, _ = pack_statistics({"similarity": objective_like["similarity"]}, 2, 6)
+    assert syncs.count == 0, syncs.ops
+    assert columns == (True, True, True, True) and packed.shape == (6, 5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_update_is_deferred_without_a_host_sync():
+    table = StatsTable(20, MODALITIES, batch_capacity=8)
+    ids = torch.arange(0, 12, 2, device="cuda")
+    stats = {k: v.cuda() for k, v in per_sample(6, seed=2).items()}
+    torch.cuda.synchronize()
+    with count_host_syncs() as syncs:
+        table.update(ids, stats, step=1)  # packed, checked, copied with non_blocking=True
+    assert syncs.count == 0, syncs.ops
+    table.flush()  # the next flush validates and applies it, on host tensors
+    assert table.read(ids.cpu())["last_step"].tolist() == [1] * 6
+    with count_host_syncs() as syncs:
+        sync_stats(table, ids, stats, step=2)  # no process group: the same deferred update
+    assert syncs.count == 0, syncs.ops
+    table.flush()
+    reference = StatsTable(20, MODALITIES)
+    reference.update(ids.cpu(), {k: v.cpu() for k, v in stats.items()}, step=2)
+    assert torch.equal(table.values.nan_to_num(), reference.values.nan_to_num())
+    assert torch.equal(table.last_step, reference.last_step) and table.num_updates == 2

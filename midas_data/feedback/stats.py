@@ -40,6 +40,17 @@ import torch
 
 from .columns import as_id_tensor, pack_statistics
 from .storage import STORAGES, SharedBuffer, StatsStorageWarning
+from .validation import (
+    MAX_STEP,
+    STATE_FORMAT,
+    STATS_DTYPES,
+    check_capacity,
+    check_ids,
+    check_packed,
+    check_state,
+    check_statistics,
+    check_step,
+)
 
 __all__ = [
     "StatsTable",
@@ -48,11 +59,6 @@ __all__ = [
     "STATS_DTYPES",
 ]
 
-STATS_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_FORMAT = "midas_data.StatsTable/1"
-_MAX_STEP = 2**31 - 1
-# Tolerance for statistics a hair outside their range through rounding (softmax, cosine).
-_RANGE_TOL = 1e-3
 _ALIGN = 8
 
 
@@ -119,6 +125,13 @@ class StatsTable:
             ``"file"`` (a file-backed mapping in ``directory``).
         directory: where a file-backed table puts its file; the system temp directory by
             default. The file is deleted when the table that created it is collected.
+        batch_capacity: the most rows one rank passes to
+            :func:`~midas_data.feedback.sync.sync_stats` in one step (for the MIDAS sampler,
+            ``batch_size + 2``; ``midas_loader(..., stats=table)`` sets that when it is
+            ``None``). With it, ``sync_stats`` pads every rank's rows to this many and needs
+            no size exchange, a host synchronisation under NCCL; ``None`` (default) exchanges
+            sizes. Host-side configuration, also settable as an attribute: it is neither in
+            shared memory nor in :meth:`state_dict`.
 
     Updates (:meth:`update`) validate everything before writing anything: a rejected update
     leaves the table unchanged. Reads in another process are not atomic snapshots of a
@@ -133,6 +146,7 @@ class StatsTable:
         dtype: torch.dtype = torch.float16,
         storage: str = "auto",
         directory: str | os.PathLike[str] | None = None,
+        batch_capacity: int | None = None,
     ) -> None:
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
@@ -149,6 +163,7 @@ class StatsTable:
         self._modalities = names
         self._layout = _Layout(int(num_samples), len(names) + 2, dtype)
         self._pending: _Pending | None = None
+        self.batch_capacity = batch_capacity
         self._shared = SharedBuffer(self._layout.total_bytes, storage, directory, owner="StatsTable")
         self._bind_views()
         self.reset()
@@ -161,12 +176,18 @@ class StatsTable:
 
     def __getstate__(self) -> dict[str, Any]:
         self.flush()
-        return {"modalities": self._modalities, "layout": self._layout, "shared": self._shared}
+        return {
+            "modalities": self._modalities,
+            "layout": self._layout,
+            "shared": self._shared,
+            "batch_capacity": self._batch_capacity,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._modalities = state["modalities"]
         self._layout = state["layout"]
         self._shared = state["shared"]
+        self._batch_capacity = state.get("batch_capacity")
         self._pending = None
         self._bind_views()
 
@@ -199,6 +220,16 @@ class StatsTable:
     def path(self) -> str | None:
         """The backing file of a file-backed table, else ``None``."""
         return self._shared.path
+
+    @property
+    def batch_capacity(self) -> int | None:
+        """The most rows one rank sends to ``sync_stats`` per step, or ``None`` (sizes are
+        exchanged instead, one host synchronisation per step under NCCL)."""
+        return self._batch_capacity
+
+    @batch_capacity.setter
+    def batch_capacity(self, value: int | None) -> None:
+        self._batch_capacity = check_capacity(value, "batch_capacity")
 
     @property
     def bytes_per_sample(self) -> int:
@@ -260,7 +291,7 @@ class StatsTable:
         """The statistics of ``ids`` as float32 copies (``NaN`` = never written):
         ``confidence [B, M]``, ``similarity [B]``, ``misaligned_loss [B]``, ``last_step [B]``."""
         self.flush()
-        index = self._check_ids(torch.as_tensor(ids).cpu(), None, "")
+        index = check_ids(torch.as_tensor(ids).cpu(), self.num_samples, None, "")
         picked = self._values.index_select(1, index).float()
         m = self.num_modalities
         return {
@@ -349,23 +380,10 @@ class StatsTable:
         the gathered rows of every rank this way."""
         self.flush()
         ids = as_id_tensor(ids)
-        if step is not None:
-            if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= _MAX_STEP:
-                raise ValueError(f"step: expected an int in [0, {_MAX_STEP}], got {step!r}")
-        expected = (ids.shape[0], self.num_modalities + 3)
-        if not isinstance(values, torch.Tensor) or tuple(values.shape) != expected:
-            raise ValueError(
-                f"values: expected packed statistics of shape {list(expected)}, got "
-                f"{list(getattr(values, 'shape', []))}"
-            )
-        if valid is not None:
-            if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or tuple(valid.shape) != expected[:1]:
-                raise ValueError(
-                    f"valid: expected a bool tensor of shape [{expected[0]}], got "
-                    f"{getattr(valid, 'dtype', type(valid))} {list(getattr(valid, 'shape', []))}"
-                )
-            valid = valid.detach()
+        check_step(step)
+        check_packed(values, valid, ids.shape[0], self.num_modalities + 3)
         ids, values = ids.detach(), values.detach()
+        valid = None if valid is None else valid.detach()
         if not any(t is not None and t.device.type == "cuda" for t in (ids, values, valid)):
             self._apply(ids.cpu(), values.cpu(), columns, None if valid is None else valid.cpu(), step)
             return
@@ -387,21 +405,6 @@ class StatsTable:
         except ValueError as err:
             raise ValueError(f"{err} (from a deferred device update; its step: {pending.step})") from None
 
-    def _check_ids(
-        self, ids: torch.Tensor, rows: torch.Tensor | None, consequence: str = "; the table is unchanged"
-    ) -> torch.Tensor:
-        ids = ids.long().reshape(-1)
-        if ids.numel() == 0:
-            return ids
-        bad = (ids < 0) | (ids >= self.num_samples)
-        if bool(bad.any()):
-            first = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"ids: sample id {int(ids[first])} (row {first if rows is None else int(rows[first])}) is outside "
-                f"the table [0, {self.num_samples}){consequence}"
-            )
-        return ids
-
     def _apply(
         self,
         ids: torch.Tensor,
@@ -416,40 +419,11 @@ class StatsTable:
         if valid is not None:
             ids, values, rows = ids[valid], values[valid], rows[valid]
             has_misaligned = None if has_misaligned is None else has_misaligned[valid]
-        ids = self._check_ids(ids, rows)
-        values = values.clone()
+        ids = check_ids(ids, self.num_samples, rows)
         with_mis = has_misaligned if has_misaligned is not None else torch.ones(ids.shape[0], dtype=torch.bool)
-        limit = torch.finfo(self.dtype).max
-        checks = (
-            ("confidence", slice(0, m), columns[0], None, 0.0, 1.0),
-            ("similarity", slice(m, m + 1), columns[1], with_mis, -1.0, 1.0),
-            ("misaligned_loss", slice(m + 1, m + 2), columns[2], with_mis, 0.0, limit),
-        )
         # Validate every column before writing any: a rejected update changes nothing.
-        for name, cols, given, mask, low, high in checks:
-            if not given:
-                continue
-            block = values[:, cols] if mask is None else values[mask][:, cols]
-            block_rows = rows if mask is None else rows[mask]
-            block_ids = ids if mask is None else ids[mask]
-            finite = torch.isfinite(block).all(dim=1)
-            if not bool(finite.all()):
-                at = int((~finite).nonzero()[0, 0])
-                raise ValueError(
-                    f"{name}: {block[at].tolist()} for sample id {int(block_ids[at])} (row {int(block_rows[at])}) "
-                    "is not finite; statistics must be finite numbers. The update was rejected; the table is unchanged"
-                )
-            lo_tol = low - _RANGE_TOL
-            hi_tol = high + _RANGE_TOL if high != limit else math.inf
-            outside = ((block < lo_tol) | (block > hi_tol)).any(dim=1)
-            if bool(outside.any()):
-                at = int(outside.nonzero()[0, 0])
-                raise ValueError(
-                    f"{name}: {block[at].tolist()} for sample id {int(block_ids[at])} (row {int(block_rows[at])}) is "
-                    f"outside [{low}, {high}]. The update was rejected; the table is unchanged"
-                )
-            values[:, cols] = values[:, cols].clamp(low, high)
-        record = step if step is not None else min(int(self._counter[0]), _MAX_STEP)
+        values = check_statistics(ids, rows, values, columns, with_mis, m, self.dtype)
+        record = step if step is not None else min(int(self._counter[0]), MAX_STEP)
         if ids.numel():
             if columns[0]:
                 keep = _last_occurrence(ids)
@@ -469,7 +443,7 @@ class StatsTable:
         tensors, ints and strings only (``torch.load(..., weights_only=True)`` reads it)."""
         self.flush()
         return {
-            "format": _FORMAT,
+            "format": STATE_FORMAT,
             "num_samples": self.num_samples,
             "modalities": list(self._modalities),
             "dtype": str(self.dtype).replace("torch.", ""),
@@ -484,37 +458,7 @@ class StatsTable:
         The checkpoint must come from a table of the same size and modalities; a different
         storage dtype is converted. Any update still in flight is discarded.
         """
-        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
-            got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"state['format']: expected {_FORMAT!r} (a StatsTable.state_dict()), got {got!r}")
-        if state.get("num_samples") != self.num_samples:
-            raise ValueError(
-                f"state['num_samples']: the checkpoint has {state.get('num_samples')} samples, this table "
-                f"{self.num_samples}; a stats checkpoint only loads into a table of the same dataset"
-            )
-        if list(state.get("modalities", [])) != list(self._modalities):
-            raise ValueError(
-                f"state['modalities']: the checkpoint has {list(state.get('modalities', []))}, this table "
-                f"{list(self._modalities)}; the column layout must match"
-            )
-        values, last_step = state.get("values"), state.get("last_step")
-        expected = (self._layout.num_columns, self.num_samples)
-        if not isinstance(values, torch.Tensor) or tuple(values.shape) != expected:
-            raise ValueError(
-                f"state['values']: expected a tensor of shape {list(expected)}, got "
-                f"{list(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__}"
-            )
-        if values.dtype not in STATS_DTYPES:
-            raise ValueError(f"state['values']: expected a floating dtype of {STATS_DTYPES}, got {values.dtype}")
-        if not isinstance(last_step, torch.Tensor) or tuple(last_step.shape) != (self.num_samples,):
-            raise ValueError(f"state['last_step']: expected a tensor of shape [{self.num_samples}]")
-        if last_step.dtype.is_floating_point or last_step.dtype == torch.bool:
-            raise ValueError(f"state['last_step']: expected an integer tensor, got {last_step.dtype}")
-        if bool(torch.isinf(values).any()):
-            raise ValueError("state['values']: contains inf; the checkpoint is corrupt")
-        updates = state.get("num_updates")
-        if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
-            raise ValueError(f"state['num_updates']: expected a non-negative int, got {updates!r}")
+        values, last_step, updates = check_state(state, self.num_samples, self._modalities, self._layout.num_columns)
         self._pending = None
         # In place: workers map this very memory.
         self._values.copy_(values.clamp(-torch.finfo(self.dtype).max, torch.finfo(self.dtype).max))
