@@ -204,14 +204,16 @@ def fresh_accelerate_state():
     state.GradientState._reset_state()
 
 
+# fp16: Accelerate and transformers accept it on CPU but run in fp32 there (no autocast).
+@pytest.mark.parametrize("precision", ["bf16"])
 @pytest.mark.parametrize("level", LEVELS)
-def test_accelerate_bf16(level, fresh_accelerate_state):
+def test_accelerate_mixed_precision(level, precision, fresh_accelerate_state):
     """Accelerate autocasts ``model.forward`` only and hands back the ``MultimodalOutput``
     unconverted: the objective (and at feature level the fusion head it runs) sees bf16
     features outside any autocast region."""
     from accelerate import Accelerator
 
-    accelerator = Accelerator(mixed_precision="bf16", cpu=True)
+    accelerator = Accelerator(mixed_precision=precision, cpu=True)
     model = make_model()
     head_dtypes = record_head_dtypes(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -231,14 +233,15 @@ def test_accelerate_bf16(level, fresh_accelerate_state):
             accelerator.backward(loss)
             optimizer.step()
             steps.append(step_of(batch.epoch, loss.detach(), info))
-    assert torch.bfloat16 in head_dtypes, f"Accelerate did not autocast the forward: {head_dtypes}"
+    assert DTYPES[precision] in head_dtypes, f"Accelerate did not autocast the forward: {head_dtypes}"
     assert_trained_past_warmup(steps, objective.alpha)
     assert_finite_parameters(accelerator.unwrap_model(model))
 
 
 # -- 3. Hugging Face MidasTrainer ----------------------------------------------------------
+@pytest.mark.parametrize("precision", ["bf16"])
 @pytest.mark.parametrize("level", LEVELS)
-def test_hf_midas_trainer_bf16(level, tmp_path, fresh_accelerate_state):
+def test_hf_midas_trainer_mixed_precision(level, precision, tmp_path, fresh_accelerate_state):
     transformers = pytest.importorskip("transformers")
     datasets = pytest.importorskip("datasets")
     from midas_data import MidasBatch
@@ -260,7 +263,8 @@ def test_hf_midas_trainer_bf16(level, tmp_path, fresh_accelerate_state):
         per_device_train_batch_size=BATCH,
         num_train_epochs=EPOCHS,
         learning_rate=0.05,
-        bf16=True,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         use_cpu=True,
         report_to="none",
         save_strategy="no",
@@ -279,7 +283,7 @@ def test_hf_midas_trainer_bf16(level, tmp_path, fresh_accelerate_state):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.train()
-    assert torch.bfloat16 in head_dtypes, f"bf16=True did not run the model in bf16: {head_dtypes}"
+    assert DTYPES[precision] in head_dtypes, f"{precision}=True did not run the model in {precision}: {head_dtypes}"
     assert_trained_past_warmup(trainer.steps, objective.alpha)
     assert_finite_parameters(model)
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
