@@ -77,17 +77,18 @@ class SaveAndStop(pl.Callback):
             trainer.should_stop = True
 
 
-def fit(module, epochs: int, *callbacks, ckpt_path=None, root=None) -> pl.Trainer:
+def fit(module, epochs: int, *callbacks, ckpt_path=None, root=None, midas_callback=True, **trainer_args) -> pl.Trainer:
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=epochs,
-        callbacks=[MidasCallback(), *callbacks],
+        callbacks=[MidasCallback(), *callbacks] if midas_callback else list(callbacks),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=root,
+        **trainer_args,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*(many workers|LeafSpec).*")
@@ -226,3 +227,28 @@ def test_two_ddp_processes_share_epochs_once_with_one_alpha(tmp_path):
     result = run_example([script, "--devices", "2", "--epochs", "3", "--samples", "100", "--batch-size", "8"], tmp_path)
     assert_shared_epochs(result, samples=100, epochs=3)
     assert result["stats_rows_written"] == 100
+
+
+def test_alpha_takes_one_step_per_optimizer_step_under_accumulate_grad_batches():
+    module = Module()
+    rows_per_step = []
+    original = module.objective.step_alpha
+
+    def recording_step():
+        rows_per_step.append(int(module.objective.controller.pending[-1]))  # misaligned rows gathered
+        return original()
+
+    module.objective.step_alpha = recording_step
+    trainer = fit(module, 3, accumulate_grad_batches=2)
+    # 6 batches of 8 an epoch, 3 optimizer steps: alpha stepped at each optimizer step only,
+    # from both micro-batches' misaligned rows (2 x 16) after the warm-up epoch.
+    assert trainer.global_step == 9 == len(rows_per_step) == int(module.objective.controller.steps)
+    assert rows_per_step == [0, 0, 0] + [32] * 6
+
+
+def test_a_trainer_without_midas_callback_warns_once():
+    from midas_data import MidasDataWarning
+
+    with pytest.warns(MidasDataWarning, match="without MidasCallback") as caught:
+        fit(Module(), 2, midas_callback=False)
+    assert sum("without MidasCallback" in str(w.message) for w in caught) == 1

@@ -102,6 +102,42 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     assert len(t.seen) == 5 and t.state.global_step == 3  # 5 batches: steps of 2, 2 and 1
 
 
+def test_alpha_takes_one_step_per_optimizer_step_under_accumulation(tmp_path):
+    t = trainer(tmp_path, epochs=3, gradient_accumulation_steps=2)
+    changes = []
+    original = t.objective.step_alpha
+
+    def recording_step():
+        before = t.objective.alpha.clone()
+        after = original()
+        changes.append(not torch.equal(before, after))
+        return after
+
+    t.objective.step_alpha = recording_step
+    run(t)
+    micro_batches = len(t.seen)
+    assert micro_batches == 15 and t.state.global_step == 9
+    # One controller step per optimizer step (warm-up steps gather nothing and leave alpha).
+    assert len(changes) == t.state.global_step == int(t.objective.controller.steps)
+    assert any(changes) and t.objective.alpha.max() > 1
+
+
+def test_a_midas_loader_under_the_plain_trainer_names_midas_trainer(tmp_path):
+    from midas_data import midas_loader
+
+    items = [{"a": torch.randn(4), "b": torch.randn(4), "label": i % C} for i in range(16)]
+
+    class Plain(transformers.Trainer):
+        def get_train_dataloader(self):
+            return midas_loader(items, MODALITIES, batch_size=8)
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", num_train_epochs=1, disable_tqdm=True
+    )
+    with pytest.raises(TypeError, match="MidasTrainer"):
+        Plain(model=model(), args=args, train_dataset=items).train()
+
+
 def test_a_checkpoint_resumes_midas_exactly(tmp_path):
     straight = run(trainer(tmp_path / "straight", policy="hard"))
     # A checkpoint in the middle of the third epoch (5 steps an epoch).

@@ -68,6 +68,14 @@ def _pin(value: Any) -> Any:
     return value
 
 
+# Trainers that treat a batch as a dict of columns ('labels' in batch, model(**batch)) meet this.
+_NOT_A_MAPPING = (
+    "MidasBatch is not a mapping of columns: read batch.inputs, batch.labels, batch.ids, batch.plan. A trainer that "
+    "inspects batches as dicts needs its MIDAS adapter: midas_data.integrations.transformers.MidasTrainer for the "
+    "Hugging Face Trainer, MidasCallback for Lightning (docs/integrations.md)"
+)
+
+
 @dataclass
 class MidasBatch:
     """One MIDAS batch.
@@ -105,6 +113,12 @@ class MidasBatch:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def __contains__(self, key: object) -> bool:
+        raise TypeError(_NOT_A_MAPPING)
+
+    def keys(self) -> Any:
+        raise TypeError(_NOT_A_MAPPING)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A batch from a worker arrives with labels, ids and plan as views of the buffer

@@ -21,6 +21,8 @@ counts through ``pl_module.log``, and the MIDAS state in Lightning's checkpoints
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from ..data.batch import MidasBatch
 from ..distributed import world_size
+from ..errors import MidasDataError, MidasDataWarning
 from ..feedback.sampler import MidasBatchSampler
 from ..feedback.stats import StatsTable
 from ..feedback.sync import sync_stats
@@ -51,8 +54,28 @@ def midas_step(objective: MidasObjective, model: torch.nn.Module, batch: MidasBa
     Runs ``model`` on the batch, checks its output against the model protocol and computes
     the objective; ``MidasCallback`` reads the diagnostics from ``outputs["midas"]``.
     """
+    _warn_without_callback(objective, sys._getframe(1).f_locals.get("self"))
     loss, diagnostics = midas_loss(objective, model, batch)
     return {"loss": loss, "midas": diagnostics}
+
+
+def _warn_without_callback(objective: MidasObjective, module: Any) -> None:
+    """Once per objective: a MIDAS step under a Trainer that has no :class:`MidasCallback`."""
+    if getattr(objective, "_checked_callback", False) or not isinstance(module, pl.LightningModule):
+        return
+    trainer = module._trainer
+    if trainer is None:
+        return
+    objective._checked_callback = True  # type: ignore[attr-defined]
+    if not any(isinstance(callback, MidasCallback) for callback in trainer.callbacks):
+        warnings.warn(
+            "midas_step runs under a Lightning Trainer without MidasCallback: the stats table is never written "
+            "(prioritised policies stay uniform), alpha steps per micro-batch under accumulate_grad_batches, and "
+            "the stats table and sampler position are not in the checkpoints. Add "
+            "Trainer(callbacks=[MidasCallback()])",
+            MidasDataWarning,
+            stacklevel=3,
+        )
 
 
 class MidasCallback(pl.Callback):
@@ -96,6 +119,7 @@ class MidasCallback(pl.Callback):
         self._resumed_epoch: int | None = None  # the epoch a restored state continues in the middle
         self._stateful_loader = False
         self._pending: dict[str, Any] | None = None
+        self._hooks: list[Any] = []  # alpha's hooks on the trainer's optimizers
 
     # -- finding the parts -----------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -127,6 +151,35 @@ class MidasCallback(pl.Callback):
         if self._pending is not None:
             self._restore(self._pending)
             self._pending = None
+        # Alpha steps once per optimizer step (summed over accumulate_grad_batches micro-batches).
+        assert self.objective is not None
+        self._detach()
+        self._hooks = [self.objective.attach(optimizer) for optimizer in trainer.optimizers]
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._detach()
+
+    def _detach(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+            if self.objective is not None and handle in self.objective._attached:
+                self.objective._attached.remove(handle)
+        self._hooks = []
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # A batch planned for another epoch than the one Lightning trains must never reach the
+        # objective: under DDP its warm-up decision would differ from the other ranks'. The
+        # sampler's state is restored (and its epoch set) identically on every rank, so every
+        # rank takes this branch alike.
+        planned = getattr(batch, "epoch", -1)
+        if isinstance(batch, MidasBatch) and planned >= 0 and planned != trainer.current_epoch:
+            raise MidasDataError(
+                f"MidasCallback: batch {batch_idx} was planned for epoch {planned} but Lightning trains epoch "
+                f"{trainer.current_epoch}; was the loader's sampler restored or set after its iterator started? "
+                "Build the loader with midas_loader (Lightning then restores its state before the first batch)"
+            )
 
     # -- every epoch and step --------------------------------------------------------------
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

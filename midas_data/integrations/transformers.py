@@ -55,7 +55,8 @@ class MidasTrainer(Trainer):
         *args, **kwargs: the ``Trainer``'s own.
 
     The MIDAS loss is a mean over its batch, so gradient accumulation divides it by the
-    number of accumulated batches (``num_items_in_batch`` is not used). Logged with the
+    number of accumulated batches (``num_items_in_batch`` is not used); alpha takes one step
+    per optimizer step, from the statistics of all the accumulated batches. Logged with the
     training loss: ``midas/alpha_<m>`` (the controller's alpha, one value on every rank),
     ``midas/confidence_<m>`` and ``midas/share_<m>`` (means since the last log, this rank's),
     ``midas/num_misaligned`` (rows since the last log, this rank's). FLOPs are the model's
@@ -88,6 +89,7 @@ class MidasTrainer(Trainer):
         self.midas_sampler: MidasBatchSampler | None = None
         self._pending_sampler_state: Mapping[str, Any] | None = None
         self._since_log: dict[str, Any] = {}  # sums since the last log, on the device
+        self._alpha_hook: tuple[Any, Any] | None = None  # (optimizer, hook handle)
         modalities = list(objective.modalities)
         if self.args.label_names is None and not self.label_names:
             self.label_names = ["labels"]  # what the default collator makes of a "label" column
@@ -127,6 +129,17 @@ class MidasTrainer(Trainer):
             sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
         return self.accelerator.prepare(loader)
+
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's optimizer, with alpha stepping once per optimizer step: under
+        ``gradient_accumulation_steps`` the statistic is summed over the micro-batches."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self._alpha_hook is None or self._alpha_hook[0] is not optimizer:
+            if self._alpha_hook is not None:
+                self._alpha_hook[1].remove()
+                self.objective._attached.remove(self._alpha_hook[1])
+            self._alpha_hook = (optimizer, self.objective.attach(optimizer))
+        return optimizer
 
     # -- the step ----------------------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device) -> tuple[list, Any]:
