@@ -3,22 +3,107 @@
 It only wires the three parts together, each of which can be used on its own with a
 DataLoader of your own: :class:`MidasDataset` (tags items with ids),
 :class:`MidasBatchSampler` (the epoch plan) and :class:`MidasCollate` (builds the batch
-in the workers).
+in the workers). The loader is a :class:`MidasDataLoader` (or a subclass of the
+``loader_class`` asked for) that counts the batches each pass hands out, so that a peek at
+the first batch does not spend an epoch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from torch.utils.data import DataLoader
 
 from .data.collate import CollateFn, Key, MidasCollate, ModalityKeys
 from .data.dataset import MidasDataset
+from .feedback.epochs import EpochCursor
 from .feedback.sampler import MidasBatchSampler, shared_epoch
 from .feedback.stats import StatsTable
 
-__all__ = ["midas_loader", "set_epoch"]
+__all__ = ["MidasDataLoader", "counting_loader_class", "midas_loader", "set_epoch"]
+
+
+class _CountingIterator:
+    """A loader pass's iterator that reports each batch handed to the caller, and the end,
+    to the batch sampler's :class:`EpochCursor`. Everything else is the wrapped iterator's."""
+
+    def __init__(self, batches: Iterator[Any], cursor: EpochCursor) -> None:
+        self._batches = batches
+        self._cursor = cursor
+
+    def __iter__(self) -> _CountingIterator:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            self._cursor.caller_reached_end()
+            raise
+        self._cursor.batch_delivered()
+        return batch
+
+    def __len__(self) -> int:
+        return len(self._batches)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        batches = self.__dict__.get("_batches")
+        if batches is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(batches, name)
+
+
+class _CountsPasses:
+    """DataLoader mixin: each pass tells a MIDAS batch sampler how many batches the caller
+    received. With workers the sampler is asked for batches ahead of the caller, so only
+    the loader knows whether a pass was an epoch or a peek (see ``feedback/epochs.py``).
+
+    No ``__init__``: frameworks re-create loaders as ``type(loader)(**kwargs)``.
+    """
+
+    def __iter__(self) -> Any:
+        cursor = getattr(getattr(self, "batch_sampler", None), "cursor", None)
+        if not isinstance(cursor, EpochCursor):
+            return super().__iter__()  # type: ignore[misc]
+        cursor.loader_pass()  # before the iterator: with workers, it starts the sampler's pass
+        return _CountingIterator(super().__iter__(), cursor)  # type: ignore[misc]
+
+
+class MidasDataLoader(_CountsPasses, DataLoader):
+    """A ``DataLoader`` whose passes over a :class:`MidasBatchSampler` count as epochs only
+    when they deliver two batches or run to the end; what :func:`midas_loader` returns.
+    Takes exactly ``DataLoader``'s arguments."""
+
+
+_counting_classes: dict[type, type] = {DataLoader: MidasDataLoader}
+
+
+def counting_loader_class(base: type[DataLoader]) -> type[DataLoader]:
+    """The subclass of ``base`` (e.g. torchdata's ``StatefulDataLoader``) that counts
+    passes as :class:`MidasDataLoader` does; made once per class."""
+    if issubclass(base, _CountsPasses):
+        return base
+    made = _counting_classes.get(base)
+    if made is None:
+        namespace = {"__module__": __name__, "__doc__": MidasDataLoader.__doc__, "__reduce_ex__": _reduce_made}
+        made = type(base)(f"Midas{base.__name__}", (_CountsPasses, base), namespace)
+        _counting_classes[base] = made
+    return made
+
+
+def _reduce_made(loader: Any, protocol: int) -> Any:
+    """Pickle a loader of a class made by :func:`counting_loader_class` through its base
+    class, which pickle can find by name (the made class exists only once it is asked for)."""
+    base = next((cls for cls, made in _counting_classes.items() if made is type(loader)), None)
+    if base is None:  # a subclass of a made class: pickled as any other object
+        return object.__reduce_ex__(loader, protocol)
+    return _rebuild_made, (base,), loader.__dict__.copy()
+
+
+def _rebuild_made(base: type[DataLoader]) -> Any:
+    made = counting_loader_class(base)
+    return made.__new__(made)
 
 
 def midas_loader(
@@ -48,9 +133,13 @@ def midas_loader(
 
     ``loader_kwargs`` go to the DataLoader (``num_workers``, ``pin_memory``,
     ``persistent_workers``, ``prefetch_factor``, ``multiprocessing_context``...);
-    ``loader_class`` may be torchdata's ``StatefulDataLoader``. Each pass over the loader is
-    the next epoch (new order, new pair plans); ``set_epoch(loader, epoch)`` before a pass
-    chooses the epoch instead (for resume, or to follow a trainer's epoch counter).
+    ``loader_class`` may be torchdata's ``StatefulDataLoader`` (the loader is then of a
+    subclass of it, see :func:`counting_loader_class`). Each pass over the loader that
+    delivers at least two batches or runs to its end is an epoch: the next pass plans the
+    next epoch (new order, new pair plans). A pass abandoned after zero or one batch (a
+    ``next(iter(loader))`` to look at a batch) is not: the next pass repeats its epoch
+    exactly. ``set_epoch(loader, epoch)`` before a pass chooses the epoch instead (for
+    resume, or to follow a trainer's epoch counter).
 
     ``stats``, ``policy``, ``floor``, ``weak_modality``, ``num_replicas`` and ``rank`` go to
     :class:`MidasBatchSampler`: the prioritised policies (``"hard"``, ``"weak_modality"``,
@@ -92,6 +181,7 @@ def midas_loader(
         num_classes=num_classes,
     )
     _check_table_order(stats, collate.modalities)
+    loader_class = counting_loader_class(loader_class)
     return loader_class(wrapped, batch_sampler=batch_sampler, collate_fn=collate, **loader_kwargs)
 
 
@@ -108,7 +198,8 @@ def _check_table_order(stats: StatsTable | None, modalities: tuple[str, ...]) ->
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
     """Use ``epoch`` for the next pass over a loader made by :func:`midas_loader` (order and
-    pair plans); without it, each pass is the epoch after the previous one."""
+    pair plans); without it, each pass is the epoch after the previous one (the same epoch
+    again after a peek of zero or one batch)."""
     sampler = getattr(loader, "batch_sampler", None)
     if not hasattr(sampler, "set_epoch"):
         raise TypeError("loader: its batch_sampler has no set_epoch; was it made by midas_loader?")

@@ -241,3 +241,116 @@ def test_a_checkpoint_from_another_world_size_is_refused():
     list(shards)
     with pytest.raises(ValueError, match="num_shards"):
         MidasBatchSampler(64, 8, num_shards=3).load_state_dict(shards.state_dict())
+
+
+# -- a peek is not an epoch ------------------------------------------------------------------
+LOADER_SETUPS = [
+    pytest.param({"num_workers": 0}, id="serial"),
+    pytest.param({"num_workers": 2}, id="workers"),
+    pytest.param({"num_workers": 2, "persistent_workers": True}, id="persistent"),
+]
+
+
+def _passes(loader, passes: int):
+    """``passes`` full passes with no set_epoch call, as (batch.epoch, ids, plan) per batch."""
+    return [[(b.epoch, b.ids.tolist(), b.plan.tolist()) for b in loader] for _ in range(passes)]
+
+
+def _peek_loader(**kwargs):
+    return midas_loader(SyntheticPairs(40), MODALITIES, batch_size=8, seed=6, **kwargs)
+
+
+@pytest.mark.parametrize("setup", LOADER_SETUPS)
+def test_a_peek_before_training_does_not_shift_the_epochs(setup):
+    reference = _passes(_peek_loader(**setup), 5)
+    loader = _peek_loader(**setup)
+    peeked = next(iter(loader))
+    assert (peeked.epoch, peeked.ids.tolist(), peeked.plan.tolist()) == reference[0][0]
+    assert _passes(loader, 5) == reference
+    assert [{e for e, _, _ in epoch} for epoch in reference] == [{0}, {1}, {2}, {3}, {4}]
+
+
+@pytest.mark.parametrize("setup", LOADER_SETUPS)
+@pytest.mark.parametrize("taken", [0, 1, 2, 3])
+def test_a_pass_counts_from_two_delivered_batches(setup, taken):
+    reference = _passes(_peek_loader(**setup), 3)
+    loader = _peek_loader(**setup)
+    iterator = iter(loader)  # with workers, this alone has the sampler plan and fetch ahead
+    assert [(b.epoch, b.ids.tolist(), b.plan.tolist()) for _, b in zip(range(taken), iterator)] == (
+        reference[0][:taken]
+    )
+    del iterator
+    after = _passes(loader, 2)
+    assert after == (reference[1:] if taken >= 2 else reference[:2])
+
+
+def test_a_pass_broken_after_three_batches_is_an_epoch():
+    reference = _passes(_peek_loader(num_workers=2), 2)
+    loader = _peek_loader(num_workers=2)
+    for taken, _ in enumerate(loader, 1):
+        if taken == 3:
+            break
+    assert _passes(loader, 1) == reference[1:]
+
+
+@pytest.mark.parametrize("setup", LOADER_SETUPS[:2])
+def test_warm_up_ends_on_time_after_a_peek(setup):
+    loader = midas_loader(SyntheticPairs(), MODALITIES, batch_size=16, seed=2, **setup)
+    model = make_model(seed=1)
+    objective = MidasObjective(NUM_CLASSES, MODALITIES, warmup_epochs=1)
+    batch = next(iter(loader))  # a look at the data before training; its loss computed too
+    objective(model(batch.inputs), batch, model=model, update_alpha=False)
+    warmup = {}
+    for _ in range(2):
+        for batch in loader:
+            _, info = objective(model(batch.inputs), batch, model=model)
+            warmup.setdefault(batch.epoch, []).append(info["warmup"])
+    assert set(warmup) == {0, 1}
+    assert all(warmup[0]) and len(warmup[0]) == len(loader)
+    assert not any(warmup[1])
+
+
+def test_an_explicit_epoch_still_wins_after_a_peek():
+    loader = _peek_loader()
+    next(iter(loader))
+    set_epoch(loader, 3)
+    assert {b.epoch for b in loader} == {3}
+    next(iter(loader))  # a peek at epoch 4
+    loader.batch_sampler.sampler.set_epoch(6)  # where Lightning calls it
+    assert {b.epoch for b in loader} == {6}
+    assert {b.epoch for b in loader} == {7}
+
+
+def test_a_sampler_iterated_directly_counts_the_batches_it_yields():
+    sampler = MidasBatchSampler(40, 8, seed=1)
+    first = list(sampler)
+    sampler.set_epoch(0)
+    next(iter(sampler))  # one batch: a peek
+    assert list(sampler) == first and sampler.epoch == 0
+    iterator = iter(sampler)
+    next(iterator), next(iterator)  # two batches of epoch 1: an epoch
+    assert sampler.epoch == 1
+    list(sampler)
+    assert sampler.epoch == 2
+
+
+def test_loaders_count_passes_and_pickle():
+    import pickle
+
+    from midas_data.loader import MidasDataLoader, counting_loader_class
+
+    loader = _peek_loader()
+    assert type(loader) is MidasDataLoader
+    copy = pickle.loads(pickle.dumps(loader))
+    assert type(copy) is MidasDataLoader and len(list(copy)) == len(loader)
+    pytest.importorskip("torchdata.stateful_dataloader")
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    stateful = _peek_loader(loader_class=StatefulDataLoader)
+    assert isinstance(stateful, StatefulDataLoader) and type(stateful) is counting_loader_class(StatefulDataLoader)
+    assert counting_loader_class(type(stateful)) is type(stateful)
+    copy = pickle.loads(pickle.dumps(stateful))
+    assert type(copy) is type(stateful)
+    reference = _passes(_peek_loader(), 2)
+    next(iter(copy))
+    assert _passes(copy, 2) == reference

@@ -294,3 +294,35 @@ def test_pin_memory_pins_every_tensor(monkeypatch):
     # audio, video, labels, ids, plan and the two materialised misaligned inputs
     assert sorted(pinned) == sorted([(8, 3), (8, 2, 2), (8,), (8,), (16, 2), (16, 3), (16, 2, 2)])
     assert torch.equal(out.misaligned_inputs["video"], batch.misaligned_inputs["video"])
+
+
+def test_pin_memory_pins_tensors_in_lists_tuples_and_nested_mappings(monkeypatch):
+    from dataclasses import replace
+
+    pinned_copies = []
+
+    def fake_pin(self, *args, **kwargs):  # no accelerator needed: a marked copy stands for pinned memory
+        copy = self.clone()
+        pinned_copies.append(copy)
+        return copy
+
+    def is_pinned_copy(value):
+        return any(value is copy for copy in pinned_copies)
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    batch = next(iter(midas_loader(DictDataset(), ("audio", "video"), batch_size=8)))
+    crops = [torch.zeros(8, 2), torch.ones(8, 3)]
+    batch = replace(
+        batch,
+        extras={
+            "crops": crops,
+            "pair": (torch.zeros(8), torch.ones(8)),
+            "nested": {"masks": [torch.ones(8, 4, dtype=torch.bool)], "weight": torch.ones(8)},
+            "paths": ["a.wav"] * 8,
+        },
+    )
+    out = batch.pin_memory().extras
+    assert isinstance(out["crops"], list) and isinstance(out["pair"], tuple)
+    assert all(is_pinned_copy(t) for t in [*out["crops"], *out["pair"], *out["nested"]["masks"]])
+    assert is_pinned_copy(out["nested"]["weight"]) and out["paths"] == ["a.wav"] * 8
+    assert torch.equal(out["crops"][1], crops[1]) and not is_pinned_copy(crops[1])

@@ -61,10 +61,14 @@ def move_to(value: Any, device: torch.device | str, non_blocking: bool = False) 
 
 
 def _pin(value: Any) -> Any:
+    """``value`` with every tensor inside in pinned memory: the same structures as
+    :func:`move_to` walks, so that everything a ``non_blocking`` copy moves is pinned."""
     if isinstance(value, torch.Tensor):
         return value.pin_memory()
     if isinstance(value, Mapping):
         return type(value)({k: _pin(v) for k, v in value.items()})  # type: ignore[call-arg]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        return type(value)(v.pin_memory() for v in value)
     return value
 
 

@@ -20,15 +20,15 @@ from __future__ import annotations
 import numbers
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import Sampler
 
 from ..distributed import world_size
-from ..errors import MidasDataError, MidasDataWarning
+from ..errors import MidasDataError
 from ..functional import pair_importance_weights
+from .epochs import EpochCursor, SavedPosition, checked_epoch, shared_epoch
 from .planning import POLICIES, EpochPlan, batch_bounds, choose_weak_modality, plan_from_snapshot
 from .recreate import record_init_arguments, replicas_of
 from .sharding import shard_bounds, sharding_wrapper
@@ -45,28 +45,6 @@ __all__ = [
 ]
 
 _FORMAT = "midas_data.MidasBatchSampler/1"
-
-
-def shared_epoch(epoch: int = 0) -> torch.Tensor:
-    """A 0-dim ``int64`` tensor in shared memory, to be created before workers start."""
-    return torch.full((), epoch, dtype=torch.int64).share_memory_()
-
-
-def checked_epoch(epoch: Any, current: int) -> int:
-    """``epoch`` as an int, refusing what is not a non-negative integer, and warning when
-    it goes back: an earlier epoch repeats that epoch's order and pair plans exactly."""
-    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
-        raise ValueError(f"epoch: expected a non-negative int, got {epoch!r}")
-    epoch = int(epoch)
-    if epoch < current:
-        warnings.warn(
-            f"set_epoch({epoch}) after epoch {current}: epoch {epoch}'s sample order and pair plans repeat exactly. "
-            "When resuming, load the sampler's (or the StatefulDataLoader's) state_dict, or continue the epoch count "
-            "from the checkpoint",
-            MidasDataWarning,
-            stacklevel=3,
-        )
-    return epoch
 
 
 class _SampleOrder(Sampler[int]):
@@ -88,15 +66,6 @@ class _SampleOrder(Sampler[int]):
 
     def __len__(self) -> int:
         return sum(end - begin for begin, end in self.batch_sampler._bounds_cache)
-
-
-@dataclass
-class _Resume:
-    epoch: int
-    yielded: int
-    snapshot: torch.Tensor | None
-    weak_modality: int
-    snapshot_updates: int
 
 
 class MidasBatchSampler(Sampler[list[int]]):
@@ -135,9 +104,13 @@ class MidasBatchSampler(Sampler[list[int]]):
             ``num_replicas`` and ``rank`` split the global plan as ``num_replicas``/``rank``
             would; its own order is not used. A sampler already split by rank must agree.
 
-    Epochs advance by themselves: every new iteration (a new ``iter(loader)``) plans the
-    next epoch, as a shuffling ``DataLoader`` does, unless :meth:`set_epoch` was called
-    since the last one (an explicit epoch always wins: resume, Lightning, Accelerate).
+    Epochs advance by themselves: a new iteration plans the next epoch, as a shuffling
+    ``DataLoader`` does, when the last one counted as an epoch: it delivered at least two
+    batches or ran to its end. After one abandoned with zero or one batch (a peek at the
+    first batch) the same epoch is planned again, with the same plan. ``midas_loader``
+    counts the batches the caller received; iterated otherwise, the batches this sampler
+    yielded count. :meth:`set_epoch` since the last iteration always wins (resume,
+    Lightning, Accelerate). :class:`~midas_data.feedback.epochs.EpochCursor` keeps the count.
 
     The plan is made when an epoch's iterator is created, from a snapshot of the stats
     table at that moment: updates made during an epoch shape the next epoch's plan.
@@ -204,6 +177,7 @@ class MidasBatchSampler(Sampler[list[int]]):
         self.seed = int(seed)
         self.drop_last = drop_last
         self.epoch_tensor = epoch if epoch is not None else shared_epoch()
+        self.cursor = EpochCursor(self.epoch_tensor)
         self.policy = policy
         self.stats = stats
         self.floor = float(floor)
@@ -214,11 +188,6 @@ class MidasBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.fixed_num_shards = num_shards
         self.current_plan: EpochPlan | None = None
-        self._yielded = 0
-        self._resume: _Resume | None = None
-        self._epoch_pinned = False  # set_epoch was called since the last iteration began
-        self._iterated = False
-        self._exhausted = False  # the last iteration ran to its end
         self._warned_unsharded = False
         self.sampler = _SampleOrder(self)
         self._set_bounds(self.fixed_num_shards or 1)
@@ -250,9 +219,9 @@ class MidasBatchSampler(Sampler[list[int]]):
         return int(self.epoch_tensor)
 
     def set_epoch(self, epoch: int) -> None:
-        """Use ``epoch`` for the next iteration (otherwise the next iteration advances by one)."""
-        self.epoch_tensor.fill_(checked_epoch(epoch, self.epoch))
-        self._epoch_pinned = True
+        """Use ``epoch`` for the next iteration (otherwise the next iteration advances by one,
+        or repeats the epoch after a peek)."""
+        self.cursor.pin(checked_epoch(epoch, self.epoch))
 
     # -- planning --------------------------------------------------------------------------
     def plan_epoch(self, epoch: int | None = None) -> EpochPlan:
@@ -301,35 +270,27 @@ class MidasBatchSampler(Sampler[list[int]]):
         # The epoch is chosen when the first batch is asked for, not when the iterator is
         # made: a DataLoader makes (and drops) an extra iterator when it starts workers,
         # torchdata another one when it restores a state.
-        resume, self._resume = self._resume, None
-        if resume is not None and self._epoch_pinned and self.epoch != resume.epoch:
-            resume = None  # set_epoch chose another epoch: the saved position is moot
-        if resume is not None:
-            self.epoch_tensor.fill_(resume.epoch)
-        elif self._iterated and not self._epoch_pinned:
-            self.epoch_tensor.add_(1)
-        self._iterated, self._epoch_pinned, self._exhausted = True, False, False
-        epoch = self.epoch
-        start = 0
-        if resume is not None:
+        start = self.cursor.begin()
+        if start.saved is not None:
+            saved = start.saved
             plan = plan_from_snapshot(
                 self.num_samples,
-                epoch,
+                start.epoch,
                 self.seed,
                 self.policy,
-                resume.snapshot,
+                saved.snapshot,
                 self.floor,
-                resume.weak_modality,
+                saved.weak_modality,
                 self.shuffle,
-                resume.snapshot_updates,
+                saved.snapshot_updates,
             )
-            start = resume.yielded
+        elif start.repeat and self.current_plan is not None and self.current_plan.epoch == start.epoch:
+            plan = self.current_plan  # the last pass was a peek: the same order again
         else:
-            plan = self.plan_epoch(epoch)
+            plan = self.plan_epoch(start.epoch)
         self.current_plan = plan
-        self._yielded = start
-        yield from self._batches(plan.order, start)
-        self._exhausted = True
+        yield from self._batches(plan.order, start.position)
+        self.cursor.finish()
 
     def _check_wrapper(self) -> None:
         """Fit the batches to an Accelerate wrapper, or refuse one that cannot work."""
@@ -382,7 +343,7 @@ class MidasBatchSampler(Sampler[list[int]]):
     def _batches(self, order: torch.Tensor, start: int) -> Iterator[list[int]]:
         for begin, end in self._bounds_cache[start:]:
             # Count before yielding: StatefulDataLoader snapshots right after each dispatch.
-            self._yielded += 1
+            self.cursor.advance()
             yield order[begin:end].tolist()
 
     def __len__(self) -> int:
@@ -418,12 +379,13 @@ class MidasBatchSampler(Sampler[list[int]]):
         snapshot tensor is shared by reference, never copied, as it never changes.
         """
         plan = self.current_plan
+        position = self.cursor.state
         return {
             "format": _FORMAT,
             "epoch": self.epoch if plan is None else plan.epoch,
-            "yielded": self._yielded if plan is not None else 0,
+            "yielded": position["yielded"] if plan is not None else 0,
             "planned": plan is not None,
-            "exhausted": self._exhausted,
+            "exhausted": position["exhausted"],
             "snapshot": None if plan is None else plan.snapshot,
             "weak_modality": -1 if plan is None else plan.weak_modality,
             "snapshot_updates": -1 if plan is None else plan.snapshot_updates,
@@ -467,28 +429,25 @@ class MidasBatchSampler(Sampler[list[int]]):
             or not snapshot.dtype.is_floating_point
         ):
             raise ValueError(f"state['snapshot']: expected None or a float tensor of shape [{self.num_samples}]")
-        self._resume = None
+        self.cursor.saved = None
         self._set_bounds(mine["num_shards"])
-        if self._epoch_pinned and self.epoch != epoch:
+        if self.cursor.pinned and self.epoch != epoch:
             return  # set_epoch already chose another epoch (torchdata applies a state lazily)
         if not state.get("planned"):
-            # As set_epoch, but a checkpoint may take the epoch back: no warning.
-            self.epoch_tensor.fill_(epoch)
-            self._epoch_pinned = True
+            self.cursor.pin(epoch)  # as set_epoch, but a checkpoint may take the epoch back: no warning
             return
         # An epoch was under way (or complete): the next iteration continues it, without
-        # advancing; the one after it advances.
-        self.epoch_tensor.fill_(epoch)
-        self._iterated, self._epoch_pinned = True, False
-        if state.get("exhausted"):
-            return
-        self._resume = _Resume(
-            epoch,
-            min(yielded, len(self._bounds_cache)),
-            snapshot,
-            int(state.get("weak_modality", -1)),
-            int(state.get("snapshot_updates", -1)),
-        )
+        # advancing; the one after it advances if that one counts.
+        saved = None
+        if not state.get("exhausted"):
+            saved = SavedPosition(
+                epoch,
+                min(yielded, len(self._bounds_cache)),
+                snapshot,
+                int(state.get("weak_modality", -1)),
+                int(state.get("snapshot_updates", -1)),
+            )
+        self.cursor.restore(epoch, saved)
 
 
 class DistributedMidasBatchSampler(MidasBatchSampler):
