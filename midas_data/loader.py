@@ -10,7 +10,7 @@ the first batch does not spend an epoch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -26,18 +26,31 @@ __all__ = ["MidasDataLoader", "counting_loader_class", "midas_loader", "set_epoc
 
 class _CountingIterator:
     """A loader pass's iterator that reports each batch handed to the caller, and the end,
-    to the batch sampler's :class:`EpochCursor`. Everything else is the wrapped iterator's."""
+    to the batch sampler's :class:`EpochCursor`. Everything else is the wrapped iterator's.
 
-    def __init__(self, batches: Iterator[Any], cursor: EpochCursor) -> None:
-        self._batches = batches
+    The DataLoader's own iterator is made at the first ``next()``, not at ``iter()``: with
+    workers, making it asks the sampler for batches at once, and a trainer that makes the
+    iterator before it restores a checkpoint or sets the epoch (PyTorch Lightning does both
+    after ``iter``) would get batches planned for the wrong epoch.
+    """
+
+    def __init__(self, start: Callable[[], Iterator[Any]], cursor: EpochCursor, length: Callable[[], int]) -> None:
+        self._start = start
+        self._batches: Iterator[Any] | None = None
         self._cursor = cursor
+        self._length = length
+
+    def _started(self) -> Iterator[Any]:
+        if self._batches is None:
+            self._batches = self._start()
+        return self._batches
 
     def __iter__(self) -> _CountingIterator:
         return self
 
     def __next__(self) -> Any:
         try:
-            batch = next(self._batches)
+            batch = next(self._started())
         except StopIteration:
             self._cursor.caller_reached_end()
             raise
@@ -45,13 +58,12 @@ class _CountingIterator:
         return batch
 
     def __len__(self) -> int:
-        return len(self._batches)  # type: ignore[arg-type]
+        return len(self._batches) if self._batches is not None else self._length()  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> Any:
-        batches = self.__dict__.get("_batches")
-        if batches is None or name.startswith("__"):
+        if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(batches, name)
+        return getattr(self._started(), name)
 
 
 class _CountsPasses:
@@ -67,13 +79,49 @@ class _CountsPasses:
         if not isinstance(cursor, EpochCursor):
             return super().__iter__()  # type: ignore[misc]
         cursor.loader_pass()  # before the iterator: with workers, it starts the sampler's pass
-        return _CountingIterator(super().__iter__(), cursor)  # type: ignore[misc]
+        make = super().__iter__
+        return _CountingIterator(make, cursor, lambda: len(self))  # type: ignore[arg-type]
+
+
+_LOADER_FORMAT = "midas_data.MidasDataLoader/1"
 
 
 class MidasDataLoader(_CountsPasses, DataLoader):
     """A ``DataLoader`` whose passes over a :class:`MidasBatchSampler` count as epochs only
     when they deliver two batches or run to the end; what :func:`midas_loader` returns.
-    Takes exactly ``DataLoader``'s arguments."""
+    Takes exactly ``DataLoader``'s arguments.
+
+    It is resumable: :meth:`state_dict` is the position after the last batch the caller
+    received (not what the workers fetched ahead), and :meth:`load_state_dict` makes the next
+    pass continue there. Trainers that checkpoint stateful loaders (PyTorch Lightning) save
+    and restore it themselves, before the first batch is fetched.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        sampler = self.batch_sampler
+        if not isinstance(sampler, MidasBatchSampler):
+            raise TypeError("MidasDataLoader.state_dict: the batch sampler is not a MidasBatchSampler")
+        state = sampler.state_dict()
+        cursor = sampler.cursor
+        if state["planned"] and cursor.loader_pass_open and cursor.began_in_loader_pass:
+            # With workers the sampler runs ahead of the caller: save what the caller got.
+            position = cursor.start + cursor.delivered
+            state["yielded"] = position
+            # All batches delivered is the end of the epoch, whether or not the caller asked
+            # for one more (a trainer that knows the length does not): resume with the next.
+            state["exhausted"] = cursor.caller_ended or position >= len(sampler)
+        return {"format": _LOADER_FORMAT, "sampler": state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or state.get("format") != _LOADER_FORMAT:
+            got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(
+                f"state['format']: expected {_LOADER_FORMAT!r} (a MidasDataLoader.state_dict()), got {got!r}"
+            )
+        sampler = self.batch_sampler
+        if not isinstance(sampler, MidasBatchSampler):
+            raise TypeError("MidasDataLoader.load_state_dict: the batch sampler is not a MidasBatchSampler")
+        sampler.load_state_dict(state["sampler"])
 
 
 _counting_classes: dict[type, type] = {DataLoader: MidasDataLoader}

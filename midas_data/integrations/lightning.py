@@ -123,16 +123,21 @@ class MidasCallback(pl.Callback):
 
     # -- finding the parts -----------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # The module's attributes, submodules included (the objective is a module).
+        attributes = list({id(v): v for v in [*vars(pl_module).values(), *pl_module.children()]}.values())
         if self.objective is None:
-            # The objective is a module: a LightningModule holds it among its children.
-            attributes = {**vars(pl_module), **dict(pl_module.named_children())}
-            found = list({id(v): v for v in attributes.values() if isinstance(v, MidasObjective)}.values())
+            found = [v for v in attributes if isinstance(v, MidasObjective)]
             if len(found) != 1:
                 raise ValueError(
                     f"MidasCallback: the LightningModule has {len(found)} MidasObjective attributes; pass "
                     "MidasCallback(objective=...) to say which one"
                 )
             self.objective = found[0]
+        if self.stats is None:
+            # Found now, the table can be restored before Lightning starts the train loader's
+            # workers, which plan the first resumed epoch from it (policy="hard").
+            tables = [v for v in attributes if isinstance(v, StatsTable)]
+            self.stats = tables[0] if len(tables) == 1 else None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loader = _midas_loader_of(trainer.train_dataloader)
@@ -248,8 +253,14 @@ class MidasCallback(pl.Callback):
             raise ValueError(
                 f"MidasCallback state: expected format {_STATE_FORMAT!r}, got {state_dict.get('format')!r}"
             )
-        # Lightning restores callbacks before it builds the train loader: apply at train start.
-        self._pending = dict(state_dict)
+        # Lightning restores callbacks after setup() and before it builds the train loader and
+        # starts its workers (which may plan an epoch at once): restore objective and table now;
+        # what needs the loader (a sampler position) waits for train start.
+        state = dict(state_dict)
+        if self.objective is not None and ("stats" not in state or self.stats is not None):
+            self._restore({k: v for k, v in state.items() if k != "sampler"})
+            state = {k: v for k, v in state.items() if k not in ("objective", "stats")}
+        self._pending = state
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         if "objective" in state:
