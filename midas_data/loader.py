@@ -107,9 +107,9 @@ class MidasDataLoader(_CountsPasses, DataLoader):
             # With workers the sampler runs ahead of the caller: save what the caller got.
             position = cursor.start + cursor.delivered
             state["yielded"] = position
-            # All batches delivered is the end of the epoch, whether or not the caller asked
-            # for one more (a trainer that knows the length does not): resume with the next.
-            state["exhausted"] = cursor.caller_ended or position >= len(sampler)
+            # As torchdata's loader: after the last batch but before the caller saw the end,
+            # the next pass is the (empty) rest of this epoch; after the end, the next epoch.
+            state["exhausted"] = cursor.caller_ended
         return {"format": _LOADER_FORMAT, "sampler": state}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -229,6 +229,10 @@ def midas_loader(
         num_classes=num_classes,
     )
     _check_table_order(stats, collate.modalities)
+    if stats is not None and stats.batch_capacity is None:
+        # A MIDAS batch has at most batch_size + 2 rows (a folded tail): sync_stats can then
+        # all-gather a fixed number of rows per rank, with no size exchange (a host sync).
+        stats.batch_capacity = batch_size + 2
     loader_class = counting_loader_class(loader_class)
     return loader_class(wrapped, batch_sampler=batch_sampler, collate_fn=collate, **loader_kwargs)
 

@@ -26,8 +26,9 @@ from midas_data.integrations.lightning import MidasCallback, midas_step
 
 MODALITIES = ("a", "b")
 N, C, BATCH, EPOCHS = 48, 3, 8, 5
-# Mid-epoch: after the second trained batch of epoch 2; end: after the last batch of epoch 1.
-STOP_EPOCH = {"mid": 2, "end": 1}
+# mid: after the second trained batch of epoch 2; last: after the last batch of epoch 1, from
+# the batch hook (Lightning then resumes the rest of that epoch, empty); end: at epoch 1's end.
+STOP_EPOCH = {"mid": 2, "last": 1, "end": 1}
 
 
 def data() -> list[dict]:
@@ -89,6 +90,10 @@ class StopAt(pl.Callback):
         if self.where == "mid" and trainer.current_epoch == STOP_EPOCH["mid"] and batch_idx == 1:
             trainer.save_checkpoint(self.path)
             trainer.should_stop = True
+        last = trainer.num_training_batches - 1
+        if self.where == "last" and trainer.current_epoch == STOP_EPOCH["last"] and batch_idx == last:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.where == "end" and trainer.current_epoch == STOP_EPOCH["end"]:
@@ -132,7 +137,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--persistent", action="store_true")
     parser.add_argument("--loader", choices=["default", "stateful"], default="default")
-    parser.add_argument("--stop", choices=["mid", "end"], default="mid")
+    parser.add_argument("--stop", choices=["mid", "last", "end"], default="mid")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loader_kwargs: dict = {"num_workers": args.workers}

@@ -107,6 +107,7 @@ def ddp_run(
     stop_at: tuple[int, int] | None = None,
     resume_from: dict[str, Any] | None = None,
     loader_class: Any = None,
+    **loader_kwargs: Any,
 ) -> dict[str, Any]:
     """The README's plain loop under DDP, with no set_epoch call anywhere.
 
@@ -118,7 +119,7 @@ def ddp_run(
     model = torch.nn.parallel.DistributedDataParallel(make_model())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     table = StatsTable(len(dataset), MODALITIES)
-    kwargs = {} if loader_class is None else {"loader_class": loader_class}
+    kwargs = dict(loader_kwargs) if loader_class is None else {"loader_class": loader_class, **loader_kwargs}
     loader = midas_loader(
         dataset, MODALITIES, batch_size=8, num_replicas=world, rank=rank, stats=table, seed=3, **kwargs
     )

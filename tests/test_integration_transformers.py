@@ -138,15 +138,23 @@ def test_a_midas_loader_under_the_plain_trainer_names_midas_trainer(tmp_path):
         Plain(model=model(), args=args, train_dataset=items).train()
 
 
-def test_a_checkpoint_resumes_midas_exactly(tmp_path):
-    straight = run(trainer(tmp_path / "straight", policy="hard"))
-    # A checkpoint in the middle of the third epoch (5 steps an epoch).
-    first = run(trainer(tmp_path / "first", policy="hard", save_strategy="steps", save_steps=12))
-    checkpoint = tmp_path / "first" / "checkpoint-12"
+@pytest.mark.parametrize(
+    "workers",
+    [{}, {"dataloader_num_workers": 2, "dataloader_persistent_workers": True}],
+    ids=["0 workers", "2 persistent"],
+)
+@pytest.mark.parametrize("at", [12, 10], ids=["mid-epoch", "epoch end"])
+def test_a_checkpoint_resumes_midas_exactly(tmp_path, workers, at):
+    straight = run(trainer(tmp_path / "straight", policy="hard", **workers))
+    # A checkpoint in the middle of the third epoch (5 steps an epoch), or at the end of the second.
+    first = run(trainer(tmp_path / "first", policy="hard", save_strategy="steps", save_steps=at, **workers))
+    checkpoint = tmp_path / "first" / f"checkpoint-{at}"
     assert (checkpoint / STATE_FILE).is_file()
-    shutil.rmtree(tmp_path / "first" / "checkpoint-15", ignore_errors=True)
-    resumed = run(trainer(tmp_path / "first", policy="hard"), resume_from_checkpoint=True)
-    assert resumed.seen == straight.seen[12:]  # the same ids and pair plans after the checkpoint
+    for later in tmp_path.joinpath("first").glob("checkpoint-*"):
+        if later != checkpoint:
+            shutil.rmtree(later)
+    resumed = run(trainer(tmp_path / "first", policy="hard", **workers), resume_from_checkpoint=True)
+    assert resumed.seen == straight.seen[at:]  # the same ids and pair plans after the checkpoint
     assert torch.equal(resumed.objective.alpha, straight.objective.alpha)
     assert torch.allclose(resumed.stats.values, straight.stats.values, rtol=0, atol=0, equal_nan=True)
     assert first.state.global_step == resumed.state.global_step == 15

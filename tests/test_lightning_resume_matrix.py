@@ -22,6 +22,7 @@ CELLS = [
     (1, 1, False, "default", "end"),
     (1, 2, True, "default", "mid"),
     (1, 2, True, "default", "end"),
+    (1, 2, True, "default", "last"),
     (1, 2, False, "stateful", "mid"),
     (1, 1, True, "stateful", "end"),
     (2, 1, False, "default", "mid"),

@@ -46,6 +46,12 @@ def _ddp_main(rank: int, port: int, out: str) -> None:
             restored = torch.load(buffer, weights_only=False)
             tail = ddp_run(rank, WORLD, epochs=3, resume_from=restored, loader_class=StatefulDataLoader)
             result[name] = {"head": head["steps"], "tail": tail["steps"], "digest": tail["digest"]}
+        # The same with midas_loader's own (stateful) loader and two persistent workers per rank.
+        workers = {"num_workers": 2, "persistent_workers": True}
+        for name, stop in (("mid_workers", (1, 3)), ("boundary_workers", (1, 7))):
+            head = ddp_run(rank, WORLD, epochs=3, stop_at=stop, **workers)
+            tail = ddp_run(rank, WORLD, epochs=3, resume_from=head["checkpoint"], **workers)
+            result[name] = {"head": head["steps"], "tail": tail["steps"], "digest": tail["digest"]}
         torch.save(result, f"{out}/ddp{rank}.pt")
         leave_rank()
     finally:
@@ -100,7 +106,7 @@ def test_ddp_warmup_works_and_alpha_is_one_value_across_ranks(ddp_results):
     assert ddp_results[0]["full"]["digest"] == ddp_results[1]["full"]["digest"]  # identical stats tables
 
 
-@pytest.mark.parametrize("name", ["mid", "boundary"])
+@pytest.mark.parametrize("name", ["mid", "boundary", "mid_workers", "boundary_workers"])
 def test_ddp_resume_gives_the_exact_next_batches(ddp_results, name):
     for rank in range(WORLD):
         full = ddp_results[rank]["full"]["steps"]

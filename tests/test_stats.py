@@ -493,3 +493,16 @@ def test_a_cuda_update_is_deferred_without_a_host_sync():
     reference.update(ids.cpu(), {k: v.cpu() for k, v in stats.items()}, step=2)
     assert torch.equal(table.values.nan_to_num(), reference.values.nan_to_num())
     assert torch.equal(table.last_step, reference.last_step) and table.num_updates == 2
+
+
+def test_midas_loader_gives_its_table_a_batch_capacity():
+    from midas_data import midas_loader
+
+    table = StatsTable(20, ("a", "b"))
+    items = [{"a": torch.randn(2), "b": torch.randn(2), "label": i % 2} for i in range(20)]
+    loader = midas_loader(items, ("a", "b"), batch_size=6, stats=table)
+    assert table.batch_capacity == 8
+    assert max(len(batch) for batch in loader) <= table.batch_capacity
+    kept = StatsTable(20, ("a", "b"), batch_capacity=32)
+    midas_loader(items, ("a", "b"), batch_size=6, stats=kept)
+    assert kept.batch_capacity == 32  # a capacity the user chose stays
