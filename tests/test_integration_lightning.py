@@ -254,3 +254,15 @@ def test_a_trainer_without_midas_callback_warns_once():
     with pytest.warns(MidasDataWarning, match="without MidasCallback") as caught:
         fit(Module(), 2, midas_callback=False)
     assert sum("without MidasCallback" in str(w.message) for w in caught) == 1
+
+
+def test_a_batch_of_another_epoch_is_refused_before_the_objective():
+    from types import SimpleNamespace
+
+    from midas_data import MidasDataError
+
+    batch = next(iter(midas_loader(data(), MODALITIES, batch_size=8)))  # planned for epoch 0
+    callback = MidasCallback()
+    callback.on_train_batch_start(SimpleNamespace(current_epoch=0), None, batch, 0)  # agrees: nothing
+    with pytest.raises(MidasDataError, match="planned for epoch 0 but Lightning trains epoch 2"):
+        callback.on_train_batch_start(SimpleNamespace(current_epoch=2), None, batch, 0)
