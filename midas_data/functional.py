@@ -239,12 +239,13 @@ def gather_confidences(probs: Sequence[torch.Tensor], labels: torch.Tensor) -> t
 def normalized_confidences(confidences: torch.Tensor) -> torch.Tensor:
     """``c~ = c / sum_m c``, row-wise over ``[K, M]``.
 
-    A row whose confidences are all zero (possible only through underflow) gets equal
-    shares instead of NaN.
+    A row whose confidences are all zero or subnormal (possible only through underflow) gets
+    equal shares instead of NaN or shares that do not sum to one.
     """
     total = confidences.sum(dim=1, keepdim=True)
+    tiny = torch.finfo(confidences.dtype).tiny
     equal = torch.full_like(confidences, 1.0 / confidences.shape[1])
-    return torch.where(total > 0, confidences / total.clamp_min(torch.finfo(confidences.dtype).tiny), equal)
+    return torch.where(total >= tiny, confidences / total.clamp_min(tiny), equal)
 
 
 def soft_labels(confidences: torch.Tensor, source_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
