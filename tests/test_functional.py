@@ -229,3 +229,8 @@ def test_swap_features_follows_the_plan():
     s0, s1 = MF.swap_features([f0, f1], plan)
     assert s0.flatten().tolist() == [0.0, 2.0] and s1.flatten().tolist() == [13.0, 11.0]
     assert math.isclose(float(s0.sum()), 2.0)
+
+
+def test_soft_labels_of_subnormal_confidences_still_sum_to_one():
+    target = MF.soft_labels(torch.tensor([[0.0, 1.4013e-45]]), torch.tensor([[0, 1]]), 2)
+    assert torch.allclose(target.sum(dim=1), torch.ones(1)) and torch.equal(target, torch.tensor([[0.5, 0.5]]))
