@@ -190,3 +190,27 @@ def test_two_processes_under_torchrun_share_epochs_once_with_one_alpha(tmp_path)
     result = run_example([*args, "--gradient-accumulation-steps", "2", "--output-dir", str(tmp_path)], tmp_path)
     assert_shared_epochs(result, samples=100, epochs=3)
     assert result["logged_alpha"] is not None
+
+
+@pytest.mark.parametrize("step", [4, 6], ids=["mid-epoch", "epoch end"])
+def test_two_processes_with_workers_resume_exactly(tmp_path, step):
+    """torchrun, 2 ranks x 2 persistent workers, policy='hard', 4 epochs of 3 steps: the run
+    resumed from the checkpoint at ``step`` trains the same batches, losses and alpha as the
+    uninterrupted run and ends with the same table, on both ranks."""
+    import json
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    args += [str(ROOT / "tests" / "hf_resume.py"), "--out", str(tmp_path), "--workers", "2", "--resume-step", str(step)]
+    run_example(args, tmp_path, timeout=300)
+    for rank in range(2):
+        straight = json.loads((tmp_path / f"straight-rank{rank}.json").read_text())
+        resumed = json.loads((tmp_path / f"resumed-rank{rank}.json").read_text())
+        assert len(straight["steps"]) == 12 and len(resumed["steps"]) == 12 - step
+        assert resumed["steps"] == straight["steps"][step:]
+        assert resumed["alpha"] == straight["alpha"]
+        assert torch.equal(
+            torch.tensor(resumed["table"]).nan_to_num(-9), torch.tensor(straight["table"]).nan_to_num(-9)
+        )
