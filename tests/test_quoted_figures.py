@@ -1,0 +1,49 @@
+"""Every accuracy figure the README and the docs quote comes from a results file in the
+repository: each quote below must stand, word for word, both where it is quoted and in its
+source (a table row written by a benchmark script, or the demo's reference file). Change a
+result and its quotes fail here until they are updated; add a quote, add a row here."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCURACY = "benchmarks/results/accuracy.md"
+STUDY = "benchmarks/results/study.md"
+
+# (document, text as quoted there, source file, the source row (a regex) holding the same figures)
+QUOTES = [
+    ("README.md", "MIDAS beats joint training (+2.9 points [+0.8, +4.9])", ACCURACY,
+     r"\| midas \| 5 \| 89\.3 ± 1\.5 \| \*\*\+2\.9 \[\+0\.8, \+4\.9\]\*\*"),
+    ("README.md", "(+0.9 [-0.4, +2.1], a tie)", ACCURACY,
+     r"\| midas \| 5 \| 89\.3 ± 1\.5 \|[^\n]*\| \+0\.9 \[-0\.4, \+2\.1\] \|"),
+    ("README.md", "78 % it beats joint training with heads by +2.0 [+1.3, +2.7]", STUDY,
+     r"image_noise=0\.3 \| midas \|[^\n]*\| \+2\.0 \[\+1\.3, \+2\.7\] \|[^\n]*\| 77\.8 \|"),
+    ("README.md", "(-2.6 and -7.1 points)", STUDY,
+     r"image_noise=0\.7 \| midas \|[^\n]*\| -2\.6 \[-4\.9, -0\.3\] \|[^\n]*\n[^\n]*image_noise=1\.2 \| midas \|"
+     r"[^\n]*\| -7\.1 \[-9\.5, -4\.8\] \|"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("document, quoted, source, row", QUOTES, ids=[q[1][:40] for q in QUOTES])
+def test_a_quoted_figure_matches_its_source(document, quoted, source, row):
+    assert quoted in " ".join((ROOT / document).read_text().split()), f"{document} no longer quotes {quoted!r}"
+    assert re.search(row, (ROOT / source).read_text()), f"{source} no longer holds the figures quoted in {document}"
+
+
+def test_the_quickstart_shows_the_demo_reference_lines_it_prints():
+    """The quickstart's example output quotes the 5-seed figures the demo prints, which the
+    demo reads from the shipped benchmark reference: generate them and compare."""
+    import argparse
+    import json
+
+    from midas_data.__main__ import _benchmark_reference
+    from midas_data.experiments.demo.glyphs import BENCHMARK_REFERENCE
+
+    reference = json.loads(BENCHMARK_REFERENCE.read_text())
+    args = argparse.Namespace(seed=0, quick=False)
+    lines = _benchmark_reference(args, reference["epochs"], reference["midas_options"])
+    quickstart = (ROOT / "docs" / "quickstart.md").read_text()
+    for line in lines[1:]:  # the first line is prose, wrapped in the doc
+        assert f"    {line}\n" in quickstart, f"docs/quickstart.md lacks the demo's line {line!r}"
