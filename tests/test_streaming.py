@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from midas_data import MidasCollate, MidasDataError, StatsTable
+from midas_data import MidasCollate, MidasDataError, MidasDataWarning, StatsTable
 from midas_data.streaming import (
     MidasBatches,
     MidasIterable,
@@ -232,7 +232,7 @@ def test_a_corrupt_member_names_shard_and_key_or_is_skipped_and_counted(tmp_path
         batches = run(pipeline(index, lenient))
     assert sorted(i for b in batches for i in b.ids.tolist()) == [i for i in range(50) if i != 30]
     assert len(batches) == lenient.batches_per_epoch(2)  # equal work kept
-    assert lenient.skip_counts() == {"skipped": 1, "missing": 0, "source_errors": 0}
+    assert lenient.skip_counts() == {"skipped": 1, "missing": 0, "source_errors": 0, "damaged_shards": 0}
 
 
 def test_a_missing_modality_is_named(tmp_path):
@@ -245,11 +245,13 @@ def test_a_missing_modality_is_named(tmp_path):
 def test_an_unopenable_shard_fails_or_is_counted(tmp_path):
     index = shards(tmp_path)
     os.remove(index.urls[1])
-    with pytest.raises(Exception, match="shard-000001.tar"):
+    with pytest.raises(MidasDataError, match="shard-000001.tar.: cannot be read .the file does not exist"):
         run(pipeline(index, MidasBatches(MODALITIES, batch_size=8, index=index)), workers=0)
-    # Skipped upstream by webdataset alone: the stage sees the shortfall and refuses it.
+    # Skipped upstream by webdataset alone: the stage sees the shortfall, looks and says why.
     quiet = pipeline(index, MidasBatches(MODALITIES, batch_size=8, index=index), handler=wds.ignore_and_continue)
-    with pytest.raises(MidasDataError, match="13 fewer samples.*shard-000001.tar"):
+    with pytest.raises(
+        MidasDataError, match="shard-000001.tar'.*cannot be read .the file does not exist.*none of its 13"
+    ):
         run(quiet, workers=0)
     stage = MidasBatches(MODALITIES, batch_size=8, index=index, handler=wds.warn_and_continue)
     with warnings.catch_warnings():
@@ -257,15 +259,27 @@ def test_an_unopenable_shard_fails_or_is_counted(tmp_path):
         batches = run(pipeline(index, stage, handler=stage.source_handler))
     assert len(batches) == stage.batches_per_epoch(2)
     counts = stage.skip_counts()
-    assert counts["missing"] == 13 and counts["source_errors"] >= 1
+    assert counts["missing"] == 13 and counts["source_errors"] >= 1 and counts["damaged_shards"] == 1
 
 
 def test_a_truncated_shard_names_the_shard(tmp_path):
     index = shards(tmp_path)
     with open(index.urls[3], "r+b") as f:
         f.truncate(2000)
-    with pytest.raises(Exception, match="shard-000003.tar"):
+    with pytest.raises(
+        MidasDataError, match="shard-000003.tar.: the tar file is damaged .truncated: the file ends inside"
+    ):
         run(pipeline(index, MidasBatches(MODALITIES, batch_size=8, index=index)), workers=0)
+    # Here webdataset raises (a member's data is cut): with both handlers the epoch goes on.
+    stage = MidasBatches(MODALITIES, batch_size=8, index=index, handler=wds.warn_and_continue)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = run(pipeline(index, stage, handler=stage.source_handler), workers=0)
+    reports = [str(w.message) for w in caught if issubclass(w.category, MidasDataWarning)]
+    assert len(reports) == 1 and "1 damaged shards" in reports[0] and "the tar file is damaged" in reports[0]
+    assert len(batches) == stage.batches_per_epoch(1)
+    assert sum(len(b) for b in batches) == 39  # shard 3 lost its 11 samples (1 came incomplete: skipped)
+    assert stage.skip_counts() == {"skipped": 1, "missing": 10, "source_errors": 1, "damaged_shards": 1}
 
 
 def test_duplicate_keys_are_errors(tmp_path):
@@ -379,7 +393,7 @@ def test_hf_split_by_examples_breaks_the_counts_and_says_so():
     # 3 shards over 2 ranks: split_dataset_by_node keeps every 2nd example instead of shards.
     source = split_dataset_by_node(hf_dataset(30).to_iterable_dataset(num_shards=3), rank=0, world_size=2)
     stage = MidasBatches(MODALITIES, batch_size=4, id_field="id", index=ShardIndex.for_hf(30, 3), rank=0, world_size=2)
-    with pytest.raises(MidasDataError, match="rank 0, worker 0"):
+    with pytest.raises(MidasDataError, match="rank 0 of 2: the dataset has all 3 shards.*split it by examples"):
         list(MidasIterable(source, stage))
 
 
@@ -431,7 +445,9 @@ def test_spawned_persistent_worker_follows_set_epoch_and_reports_skips(tmp_path)
         epochs.append([(b.ids.tolist(), b.plan.tolist()) for b in loader])
         reference = make_stage()
         reference.set_epoch(epoch)
-        assert epochs[-1] == [(b.ids.tolist(), b.plan.tolist()) for b in pipeline(index, reference)]
+        with pytest.warns(MidasDataWarning, match=f"epoch {epoch}, rank 0, worker 0: 1 skipped"):
+            expected = [(b.ids.tolist(), b.plan.tolist()) for b in pipeline(index, reference)]
+        assert epochs[-1] == expected
     assert epochs[0] != epochs[1]
     assert stage.skip_counts()["skipped"] == 2  # one bad member per epoch, counted in the worker
 

@@ -2,17 +2,19 @@
 ``IterableDataset``, with the feedback loop.
 
 ``stage.py`` is the stream stage (:class:`MidasBatches`), ``ids.py`` the shard index
-(sizes and key -> slot ids), ``balance.py`` equal work per rank, ``window.py`` prioritised
-draws in a bounded window, ``decode.py`` safe member decoding, ``hf.py`` the Hugging Face
-wrapper and ``writer.py`` the shard writer. webdataset and datasets are imported only
-where they are used (``writer.py``, and by your own pipeline code).
+(sizes and key -> slot ids) and the tar check for damaged shards, ``balance.py`` equal
+work per rank, ``window.py`` prioritised draws in a bounded window, ``decode.py`` safe
+member decoding and the per-sample reader (id and checked fields), ``faults.py`` what the
+stage checks and says about bad input, ``hf.py`` the Hugging Face wrapper and
+``writer.py`` the shard writer. webdataset and datasets are imported only where they are
+used (``writer.py``, and by your own pipeline code).
 """
 
-from .balance import batch_counts, split_sizes, worker_shards
+from .balance import batch_counts, plan_batches, shard_share, split_sizes, worker_bounds, worker_shards
 from .decode import PICKLE_EXTENSIONS, decode_member
 from .hf import MidasIterable
-from .ids import INDEX_NAME, ShardEntry, ShardIndex, slot_key
-from .stage import MidasBatches, SkipHandler, WorkerPlace, midas_batches
+from .ids import INDEX_NAME, ShardEntry, ShardIndex, slot_key, tar_damage
+from .stage import SKIP_COUNTS, MidasBatches, SkipHandler, WorkerPlace, midas_batches
 from .window import draw_window
 from .writer import write_shards
 
@@ -24,13 +26,18 @@ __all__ = [
     "ShardEntry",
     "INDEX_NAME",
     "slot_key",
+    "tar_damage",
     "write_shards",
     "SkipHandler",
+    "SKIP_COUNTS",
     "WorkerPlace",
     "decode_member",
     "PICKLE_EXTENSIONS",
     "draw_window",
     "batch_counts",
+    "plan_batches",
+    "shard_share",
     "split_sizes",
+    "worker_bounds",
     "worker_shards",
 ]

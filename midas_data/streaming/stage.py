@@ -2,23 +2,31 @@
 
 It is a callable over an iterator of samples, the form webdataset's own stages have, so
 it goes at the end of a ``wds.WebDataset(...)`` / ``wds.DataPipeline`` with
-``.compose(stage)`` and runs inside each DataLoader worker. Per worker it
+``.compose(stage)`` and runs inside each DataLoader worker. Per worker and pass it
 
-1. names every sample: a stable int64 id (an id field, or the shard index's key -> slot
-   map) and its decoded fields (``decode.py``: safe decoders only);
-2. collects samples in a bounded window and draws them from it, uniformly or with
+1. takes the pass's epoch: each pass over the stage is the next epoch, unless
+   :meth:`MidasBatches.set_epoch` chose one (see :meth:`MidasBatches.begin_pass`);
+2. names every sample: a stable int64 id (an id field, or the shard index's key -> slot
+   map) and its decoded fields (``decode.py``: safe decoders, and yours), and checks them:
+   no missing value, an integer label, the same type, dtype and shape as the other samples;
+3. collects samples in a bounded window and draws them from it, uniformly or with
    priority from the stats table (``window.py``), each draw with its importance weight;
-3. cuts the draws into batches and builds each with :class:`MidasCollate`, so a streamed
+4. cuts the draws into batches and builds each with :class:`MidasCollate`, so a streamed
    batch has exactly the form of a map-style one. With a shard index the batch sizes come
-   from ``balance.py``, so every rank yields the same number of batches per epoch.
+   from ``balance.py``, so every rank yields the same number of batches per epoch;
+5. at the end of its stream, compares what arrived from each shard with the index: a
+   shard that gave fewer samples is inspected, and named as damaged when its tar file is
+   cut short or corrupt (webdataset stops at such a point without an error).
 
 Bad samples raise a :class:`MidasDataError` naming the shard and key; with ``handler``
 (webdataset's convention: a function of the exception that returns ``True`` to go on) they
-are skipped and counted in shared memory, where :meth:`MidasBatches.skip_counts` reads them.
+are skipped and counted in shared memory, where :meth:`MidasBatches.skip_counts` reads them,
+and each worker warns once per epoch with what it skipped.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import os
@@ -34,22 +42,33 @@ from torch.utils.data import get_worker_info
 
 from ..data.batch import MidasBatch
 from ..data.collate import CollateFn, MidasCollate
-from ..errors import MidasDataError
+from ..errors import MidasDataError, MidasDataWarning
+from ..feedback.epochs import checked_epoch, shared_epoch
 from ..feedback.planning import POLICIES, choose_weak_modality
-from ..feedback.sampler import shared_epoch
 from ..feedback.stats import StatsTable
-from .balance import batch_counts, split_sizes, worker_shards
-from .decode import decode_member
+from .balance import batch_counts, shard_share, split_sizes, worker_bounds, worker_shards
+from .decode import Decoder, SampleReader
+from .faults import (
+    MAX_WORKERS,
+    SkipHandler,
+    ValueAgreement,
+    epoch_report,
+    excess_error,
+    inspect_shortfall,
+    shortfall_error,
+    upstream_failure,
+)
 from .ids import ShardIndex
 from .window import draw_window
 
-__all__ = ["MidasBatches", "midas_batches", "SkipHandler", "WorkerPlace"]
+__all__ = ["MidasBatches", "midas_batches", "SkipHandler", "WorkerPlace", "SKIP_COUNTS"]
 
 Handler = Callable[[Exception], bool]
-# Rows of the shared skip counters: one per DataLoader worker (workers never write the
-# same row, so no increment is lost); columns below.
-_MAX_WORKERS = 256
-_SKIPPED, _MISSING, _SOURCE = 0, 1, 2
+_SKIPPED, _MISSING, _SOURCE, _DAMAGED = 0, 1, 2, 3
+SKIP_COUNTS = ("skipped", "missing", "source_errors", "damaged_shards")
+"""The keys of :meth:`MidasBatches.skip_counts`, in column order."""
+# Errors of one sample that a handler may skip.
+_SAMPLE_ERRORS = (MidasDataError, ValueError, KeyError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,17 @@ class WorkerPlace:
     world_size: int
     worker: int
     num_workers: int
+
+
+@dataclass(frozen=True)
+class _Share:
+    """What one worker should receive in an epoch, from the shard index."""
+
+    batches: int  # batches it yields
+    low: int  # the fewest samples it may receive (shards dealt by count) ...
+    high: int  # ... and the most; equal when its shards are known
+    shards: list[int] | None  # its shard positions; None when only their number is known
+    num_shards: int  # how many shards it reads
 
 
 def _default_rank() -> tuple[int, int]:
@@ -76,26 +106,6 @@ def stream_seed(seed: int, epoch: int, rank: int, worker: int) -> int:
     """A 63-bit generator seed of one worker's stream in one epoch."""
     digest = hashlib.blake2b(struct.pack("<qqqq", seed, epoch, rank, worker), digest_size=8)
     return int.from_bytes(digest.digest(), "little") >> 1
-
-
-class SkipHandler:
-    """A webdataset ``handler`` that warns, counts the error in shared memory and goes on.
-
-    Pass ``stage.source_handler`` as ``wds.WebDataset(urls, handler=...)`` so that errors
-    inside webdataset's own stages (a shard that cannot be opened, a truncated tar) are
-    counted with the stage's other skips instead of vanishing.
-    """
-
-    def __init__(self, counts: torch.Tensor, column: int) -> None:
-        self.counts = counts
-        self.column = column
-
-    def __call__(self, error: Exception) -> bool:
-        info = get_worker_info()
-        row = 0 if info is None else info.id % _MAX_WORKERS
-        self.counts[row, self.column] += 1
-        warnings.warn(f"skipped: {error!r}", stacklevel=2)
-        return True
 
 
 class MidasBatches:
@@ -126,12 +136,23 @@ class MidasBatches:
             with webdataset's ``.shuffle(n)`` instead).
         resampled: the source resamples shards (``wds.WebDataset(..., resampled=True)``):
             the same sample may come again, so no duplicate check and no index sizes.
-        handler: ``None`` (default) raises on a bad sample; a webdataset-style handler
-            (``wds.warn_and_continue``) skips it, and the skip is counted.
+        handler: ``None`` (default) raises on bad input; a webdataset-style handler
+            (``wds.warn_and_continue``) skips it: a sample that does not decode, lacks a
+            field or has a missing (``None``) value, a non-integer label, a modality of
+            another type, dtype or shape than the others, a duplicate id; and a shard that
+            gave fewer samples than the index lists (damaged, or dropped upstream). Each is
+            counted (:meth:`skip_counts`), and each worker warns once per epoch.
+        decoders: your decoders, run by the stage (so their failures are named and may be
+            skipped): field name (``"image"``) or member extension (``"png"``) -> function
+            of the value (the member's bytes).
         allow_pickle: decode ``.pyd``/``.pickle`` members (runs code from the data; only
             for shards you wrote yourself).
         rank, world_size: this process's place; default from ``torch.distributed`` (or the
             ``RANK``/``WORLD_SIZE`` variables) when the stage is made.
+
+    Epochs: each pass over the stage is the next epoch (new window draws and pair plans,
+    ``batch.epoch`` counting up), as each pass over ``midas_loader`` is; :meth:`set_epoch`
+    before a pass chooses its epoch instead. See :meth:`begin_pass`.
 
     Each batch's ``extras`` hold ``importance_weights`` (float32 ``[B]``, ``1 / e_i`` of
     the window draw; all ones under ``uniform``) and ``stats_updates`` (int64 scalar: the
@@ -159,6 +180,7 @@ class MidasBatches:
         shuffle: bool = True,
         resampled: bool = False,
         handler: Handler | None = None,
+        decoders: Mapping[str, Decoder] | None = None,
         allow_pickle: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
@@ -181,6 +203,8 @@ class MidasBatches:
             raise ValueError(f"stats: the table has {stats.num_samples} rows, the shard index {index.num_samples}")
         if stats is not None and weak_modality is not None:
             stats.modality_index(weak_modality)
+        if decoders is not None and not all(isinstance(k, str) and callable(f) for k, f in decoders.items()):
+            raise TypeError("decoders: expected a mapping of field names or extensions to functions")
         if rank is None or world_size is None:
             rank, world_size = _default_rank()
         self.names = tuple(str(m) for m in modalities)
@@ -196,10 +220,15 @@ class MidasBatches:
         self.shuffle = shuffle
         self.resampled = resampled
         self.handler = handler
+        self.decoders = dict(decoders or {})
         self.allow_pickle = allow_pickle
         self.rank, self.world_size = int(rank), int(world_size)
         self.seed = int(seed)
+        # The epoch of the latest pass (written by the workers as they start one), and per
+        # worker row the epoch of that worker's next pass: shared memory, made before
+        # workers start, so that set_epoch in the main process reaches running workers.
         self.epoch = shared_epoch()
+        self._next_epochs = torch.zeros(MAX_WORKERS, dtype=torch.int64).share_memory_()
         self.collate = MidasCollate(
             self.names,
             label_key,
@@ -210,22 +239,56 @@ class MidasBatches:
             epoch=self.epoch,
             materialize_in_worker=materialize_in_worker,
         )
-        self._counts = torch.zeros((_MAX_WORKERS, 3), dtype=torch.int64).share_memory_()
+        self._checked = tuple(n for n in self.names if n not in (modality_collate or {}))
+        self._counts = torch.zeros((MAX_WORKERS, len(SKIP_COUNTS)), dtype=torch.int64).share_memory_()
         self.source_handler = SkipHandler(self._counts, _SOURCE)
-        self._fields = (*self.names, label_key) + ((id_field,) if id_field else ())
-        self._batch_counts: list[list[int]] | None = None
+        self._reader = SampleReader(
+            self.names,
+            label_key,
+            id_field,
+            index,
+            None if stats is None else stats.num_samples,
+            resampled,
+            allow_pickle,
+            self.decoders,
+        )
+        self._plans: dict[tuple[int, int], tuple[list[list[int]], list[list[tuple[int, int]]]]] = {}
 
-    # -- epoch and counters ----------------------------------------------------------------
+    # -- epochs ----------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch (pair plans and window draws); reaches running workers."""
-        self.epoch.fill_(int(epoch))
+        """Use ``epoch`` for the next pass (and count on from it); reaches running workers.
+        Going back warns, as on the map-style loader: that epoch repeats exactly."""
+        epoch = checked_epoch(epoch, int(self.epoch))
+        self._next_epochs.fill_(epoch)
+        self.epoch.fill_(epoch)
 
+    def begin_pass(self, place: WorkerPlace | None = None) -> int:
+        """Start a pass of this worker and return its epoch: the one :meth:`set_epoch` chose,
+        else the one after this worker's previous pass.
+
+        Called once per worker for every pass (the stage calls it itself; wrappers such as
+        :class:`MidasIterable` call it to give the epoch to their dataset too). Every
+        worker of a pass starts one, so all of them, and all ranks running the same loop,
+        agree on its epoch without talking to each other. Every pass counts, a pass
+        abandoned after one batch too: unlike ``midas_loader``, the stage cannot see how
+        many batches reached the caller (workers run ahead of it). Use one stage per
+        loader: a second loader over the same stage counts its passes in the same rows.
+        """
+        place = self.place() if place is None else place
+        row = place.worker % MAX_WORKERS
+        epoch = int(self._next_epochs[row])
+        self._next_epochs[row] = epoch + 1
+        self.epoch.fill_(epoch)
+        return epoch
+
+    # -- counters --------------------------------------------------------------------------
     def skip_counts(self) -> dict[str, int]:
         """Bad input skipped so far (all workers, all epochs): ``skipped`` samples this stage
-        rejected, ``missing`` samples the index lists that never arrived (dropped upstream),
-        ``source_errors`` errors counted by :attr:`source_handler`."""
+        rejected, ``missing`` samples the index lists that never arrived, ``source_errors``
+        errors counted by :attr:`source_handler`, ``damaged_shards`` shards found cut short
+        or corrupt (or unreadable) at the end of an epoch, one count per shard and epoch."""
         totals = self._counts.sum(0).tolist()
-        return {"skipped": totals[_SKIPPED], "missing": totals[_MISSING], "source_errors": totals[_SOURCE]}
+        return dict(zip(SKIP_COUNTS, totals))
 
     def reset_skip_counts(self) -> None:
         self._counts.zero_()
@@ -235,7 +298,7 @@ class MidasBatches:
         counts as 1); needs the shard index."""
         if self.index is None:
             raise ValueError("batches_per_epoch: needs the shard index (index=...)")
-        return sum(batch_counts(self.index.counts, self.world_size, max(num_workers, 1), self.batch_size)[self.rank])
+        return sum(self._plan(self.world_size, max(num_workers, 1))[0][self.rank])
 
     def split_by_node(self, source: Iterator[Any], group: Any = None) -> Iterator[Any]:
         """A webdataset node splitter that uses this stage's rank and world size, known in
@@ -254,54 +317,86 @@ class MidasBatches:
 
     # -- the stage -------------------------------------------------------------------------
     def __call__(self, samples: Iterator[Any]) -> Iterator[MidasBatch]:
-        return self._run(iter(samples), self.place(), int(self.epoch))
+        place = self.place()
+        return self._run(iter(samples), place, self.begin_pass(place))
 
     def _run(self, samples: Iterator[Any], place: WorkerPlace, epoch: int) -> Iterator[MidasBatch]:
         generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, place.rank, place.worker))
-        row = self._counts[place.worker % _MAX_WORKERS]
-        sizes, shards = self._plan(place)
-        expected = None if sizes is None else sum(sizes)
+        row = self._counts[place.worker % MAX_WORKERS]
+        before = row.clone()
+        share = self._share(place)
+        sizes = None if share is None else split_sizes(share.high, share.batches)
+        collate = copy.copy(self.collate)
+        collate.epoch = torch.tensor(epoch, dtype=torch.int64)  # this pass's, in this worker only
         weak = self._weak_modality()
+        agreement = ValueAgreement(self._checked)
         seen: set[int] = set()
+        arrivals: dict[int, int] = {}  # shard position -> samples that came from it
         window: list[tuple[int, Any]] = []
         ready: deque[tuple[int, Any, float, int]] = deque()
         emitted = arrived = accepted = slots = 0
+        last = None  # the last sample received, for errors raised upstream
         # Without a draw to make (uniform, no shuffle) a window would only delay the first
         # batch: samples are ready as they come.
         hold = self.window if (self.shuffle or self.policy != "uniform") else 1
-        for sample in samples:
-            arrived += 1
-            if expected is not None and arrived > expected:
-                raise MidasDataError(
-                    f"{self._where(sample)}: rank {place.rank}, worker {place.worker} got more than the {expected} "
-                    f"samples the shard index lists for its shards {self._shard_names(shards)}; rebuild the index"
-                )
+        while True:
             try:
-                sample_id, item = self._identify(sample, place, shards, seen)
-            except (MidasDataError, ValueError, KeyError, TypeError) as err:
-                if self.handler is not None and self.handler(err):
-                    row[_SKIPPED] += 1
-                    continue
-                raise
-            window.append((sample_id, item))
-            accepted += 1
-            if len(window) >= hold:
-                ready.extend(self._draw(window, generator, weak))
-                window = []
+                sample = next(samples)
+            except StopIteration:
+                break
+            except Exception as err:
+                failure = upstream_failure(err, last, place, self.id_field)
+                if failure is err:
+                    raise  # its own type and traceback, with a note
+                raise failure from err
+            last = sample
+            arrived += 1
+            position = self._arrival(sample, share, arrivals, place, arrived)
+            try:
+                entry = self._reader.read(sample, place, None if share is None else share.shards, position, seen)
+            except _SAMPLE_ERRORS as err:
+                self._skip_or_raise(err, row)
+                continue
+            taken, rejected = agreement.offer(entry)
+            for err in rejected:
+                self._skip_or_raise(err, row)
+            for sample_id, item, _ in taken:
+                window.append((sample_id, item))
+                accepted += 1
+                if len(window) >= hold:
+                    ready.extend(self._draw(window, generator, weak))
+                    window = []
             # Paced: after the first window, one batch per batch-size of new samples, so
             # every batch costs its worker the same reading work (as plain batching does)
             # instead of a window's worth of reading, then a burst of free batches.
             size, needed = self._next_size(sizes, emitted)
             if size and len(ready) >= needed and accepted - hold >= slots + size:
-                yield self._batch(ready, size)
+                yield self._batch(collate, ready, size)
                 emitted += 1
                 slots += size
+        taken, rejected = agreement.finish()
+        for err in rejected:
+            self._skip_or_raise(err, row)
+        window.extend((sample_id, item) for sample_id, item, _ in taken)
         if window:
             ready.extend(self._draw(window, generator, weak))
-        if sizes is None:
-            yield from self._finish_unsized(ready)
+        if share is None:
+            self._report(row, before, place, epoch, [])
+            yield from self._finish_unsized(collate, ready)
             return
-        yield from self._finish_sized(ready, sizes[emitted:], place, shards, expected - arrived, row)  # type: ignore[operator]
+        damaged = self._settle(share, arrived, arrivals, place, row)
+        self._report(row, before, place, epoch, damaged)
+        remaining = share.batches - emitted
+        if remaining <= 0:
+            return
+        if len(ready) < 2 * remaining:
+            raise MidasDataError(
+                f"rank {place.rank}, worker {place.worker}: after skipping bad input only {len(ready)} samples remain "
+                f"for its last {remaining} batches (2 each); every rank must yield the same number of batches, so "
+                f"the epoch cannot end evenly. {self._shards_text(share)}"
+            )
+        for size in split_sizes(len(ready), remaining):
+            yield self._batch(collate, ready, size)
 
     def _next_size(self, sizes: list[int] | None, emitted: int) -> tuple[int, int]:
         """``(size of the next batch, samples that must be ready to emit it)``; size 0: none."""
@@ -312,128 +407,104 @@ class MidasBatches:
         size = sizes[emitted] if emitted < len(sizes) else 0
         return size, size
 
-    def _finish_unsized(self, ready: deque) -> Iterator[MidasBatch]:
+    def _finish_unsized(self, collate: MidasCollate, ready: deque) -> Iterator[MidasBatch]:
         while len(ready) >= self.batch_size + 2:
-            yield self._batch(ready, self.batch_size)
+            yield self._batch(collate, ready, self.batch_size)
         if len(ready) == 1:
             sample_id = ready[0][0]
             raise MidasDataError(f"sample {sample_id}: the stream held a single sample; a MIDAS batch needs two")
         if len(ready) > self.batch_size:
             for size in split_sizes(len(ready), 2):
-                yield self._batch(ready, size)
+                yield self._batch(collate, ready, size)
         elif ready:
-            yield self._batch(ready, len(ready))
+            yield self._batch(collate, ready, len(ready))
 
-    def _finish_sized(
-        self,
-        ready: deque,
-        remaining: list[int],
-        place: WorkerPlace,
-        shards: list[int] | None,
-        missing: int,
-        row: torch.Tensor,
-    ) -> Iterator[MidasBatch]:
-        if missing > 0:
-            if self.handler is None:
-                raise MidasDataError(
-                    f"rank {place.rank}, worker {place.worker}: received {missing} fewer samples than the shard "
-                    f"index lists for its shards {self._shard_names(shards)}: a shard or sample was dropped upstream "
-                    "(a webdataset handler such as "
-                    "warn_and_continue?). Pass handler= to this stage as well to skip and count bad input"
-                )
-            row[_MISSING] += missing
-        if not remaining:
-            return
-        if len(ready) < 2 * len(remaining):
-            raise MidasDataError(
-                f"rank {place.rank}, worker {place.worker}: after skipping bad samples only {len(ready)} remain for "
-                f"its last {len(remaining)} batches (2 each); every rank must yield the same number of batches, so "
-                f"the epoch cannot end evenly. Shards {self._shard_names(shards)}"
+    # -- what each worker receives, and what did not come ----------------------------------
+    def _plan(self, world_size: int, num_workers: int) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+        key = (world_size, num_workers)
+        if key not in self._plans:
+            assert self.index is not None
+            exact = self.index.source != "hf"
+            counts = self.index.counts
+            self._plans[key] = (
+                batch_counts(counts, world_size, num_workers, self.batch_size, exact=exact),
+                worker_bounds(counts, world_size, num_workers, exact=exact),
             )
-        for size in split_sizes(len(ready), len(remaining)):
-            yield self._batch(ready, size)
+        return self._plans[key]
+
+    def _share(self, place: WorkerPlace) -> _Share | None:
+        """This worker's batches and samples in an epoch (``None`` without index sizes)."""
+        if self.index is None or self.resampled:
+            return None
+        batches, bounds = self._plan(place.world_size, place.num_workers)
+        low, high = bounds[place.rank][place.worker]
+        num_shards = len(self.index.shards)
+        if self.index.source == "hf":
+            shards = None
+            count = shard_share(num_shards, place.rank, place.world_size, place.worker, place.num_workers)
+        else:
+            shards = worker_shards(num_shards, place.rank, place.world_size, place.worker, place.num_workers)
+            count = len(shards)
+        return _Share(batches[place.rank][place.worker], low, high, shards, count)
+
+    def _arrival(
+        self, sample: Any, share: _Share | None, arrivals: dict[int, int], place: WorkerPlace, arrived: int
+    ) -> int | None:
+        """Count the sample against its shard; refuse more than the index allows. Returns the
+        shard's index position (``None`` when the sample names no shard or none is known)."""
+        if share is None:
+            return None
+        position = None
+        url = sample.get("__url__") if isinstance(sample, Mapping) else None
+        if share.shards is not None and url is not None and self.index is not None:
+            try:
+                position = self.index.shard_position(str(url))
+            except MidasDataError:
+                position = None  # named by _identify, with the rest of the sample's problems
+            if position is not None:
+                arrivals[position] = arrivals.get(position, 0) + 1
+                listed = self.index.shards[position].count
+                if arrivals[position] > listed:
+                    raise excess_error(sample, place, self.index, share.high, share.num_shards, position)
+        if arrived > share.high:
+            raise excess_error(sample, place, self.index, share.high, share.num_shards, None, share.shards)
+        return position
+
+    def _settle(
+        self, share: _Share, arrived: int, arrivals: dict[int, int], place: WorkerPlace, row: torch.Tensor
+    ) -> list[str]:
+        """At the end of a worker's stream: compare what came with the index. Shards that
+        gave fewer samples are inspected; returns the damaged ones (what is wrong with each)
+        after counting them; raises without a handler."""
+        missing = share.low - arrived
+        if missing <= 0:
+            return []
+        damaged, short = inspect_shortfall(self.index, share.shards, arrivals)
+        if self.handler is None:
+            raise shortfall_error(place, damaged, short, missing, arrived, share.low, share.num_shards)
+        row[_DAMAGED] += len(damaged)
+        row[_MISSING] += missing
+        return damaged
+
+    def _report(
+        self, row: torch.Tensor, before: torch.Tensor, place: WorkerPlace, epoch: int, damaged: list[str]
+    ) -> None:
+        """One warning per worker and epoch with what it skipped, if anything."""
+        text = epoch_report(dict(zip(SKIP_COUNTS, (row - before).tolist())), place, epoch, damaged)
+        if text is not None:
+            warnings.warn(text, MidasDataWarning, stacklevel=2)
+
+    def _skip_or_raise(self, error: Exception, row: torch.Tensor) -> None:
+        if self.handler is not None and self.handler(error):
+            row[_SKIPPED] += 1
+            return
+        raise error
 
     # -- pieces ----------------------------------------------------------------------------
-    def _plan(self, place: WorkerPlace) -> tuple[list[int] | None, list[int] | None]:
-        """Batch sizes of this worker's epoch and its shard positions (index only)."""
-        if self.index is None or self.resampled:
-            return None, None
-        if self._batch_counts is None or len(self._batch_counts[0]) != place.num_workers:
-            self._batch_counts = batch_counts(self.index.counts, place.world_size, place.num_workers, self.batch_size)
-        shards = worker_shards(len(self.index.shards), place.rank, place.world_size, place.worker, place.num_workers)
-        samples = sum(self.index.shards[s].count for s in shards)
-        return split_sizes(samples, self._batch_counts[place.rank][place.worker]), shards
-
-    def _shard_names(self, shards: list[int] | None) -> list[str]:
-        if self.index is None or shards is None:
-            return []
-        return [self.index.shards[s].name for s in shards]
-
-    @staticmethod
-    def _where(sample: Any) -> str:
-        if isinstance(sample, Mapping):
-            url, key = sample.get("__url__"), sample.get("__key__")
-            if url is not None or key is not None:
-                return f"shard {url!r}, key {key!r}"
-        return "sample"
-
-    def _field(self, sample: Mapping[str, Any], name: str) -> Any:
-        if name in sample:
-            return decode_member(name, sample[name], allow_pickle=self.allow_pickle)
-        found = [k for k in sample if isinstance(k, str) and k.startswith(name + ".")]
-        if len(found) != 1:
-            have = sorted(k for k in sample if not str(k).startswith("__"))
-            what = "no member" if not found else f"several members {found} for"
-            raise MidasDataError(f"has {what} field {name!r} (expected {name!r} or {name}.<ext>); it has {have}")
-        return decode_member(found[0], sample[found[0]], allow_pickle=self.allow_pickle)
-
-    def _identify(
-        self, sample: Any, place: WorkerPlace, shards: list[int] | None, seen: set[int]
-    ) -> tuple[int, dict[str, Any]]:
-        """The sample's id and decoded fields; errors name the shard and key (built only
-        on error: this runs once per sample)."""
-        try:
-            return self._identify_unnamed(sample, place, shards, seen)
-        except MidasDataError as err:
-            text = str(err)
-            where = self._where(sample)
-            raise MidasDataError(text if text.startswith("shard ") else f"{where}: {text}") from None
-
-    def _identify_unnamed(
-        self, sample: Any, place: WorkerPlace, shards: list[int] | None, seen: set[int]
-    ) -> tuple[int, dict[str, Any]]:
-        if not isinstance(sample, Mapping):
-            raise MidasDataError(f"expected a dict sample, got {type(sample).__name__}")
-        url, key = sample.get("__url__"), sample.get("__key__")
-        if shards is not None and url is not None and self.index is not None:
-            if self.index.shard_position(url) not in shards:
-                raise MidasDataError(
-                    f"rank {place.rank} worker {place.worker} should read shards {self._shard_names(shards)} "
-                    "(the node split, then the worker split, of the index's shard list). Build the pipeline with "
-                    "the index's urls in order and nodesplitter=stage.split_by_node (wds.split_by_node sees no "
-                    "process group inside workers unless RANK and WORLD_SIZE are set, as torchrun does)"
-                )
-        item = {name: self._field(sample, name) for name in self._fields}
-        if self.id_field is not None:
-            sample_id = item.pop(self.id_field)
-            if isinstance(sample_id, torch.Tensor) and sample_id.numel() == 1:
-                sample_id = sample_id.item()
-            if isinstance(sample_id, bool) or not isinstance(sample_id, int):
-                raise MidasDataError(f"id field {self.id_field!r} is {sample_id!r}; expected an int")
-        elif self.index is not None and key is not None and url is not None:
-            sample_id = self.index.slot(str(key), str(url))
-        else:
-            raise MidasDataError("has no __key__/__url__ to look up in the shard index; pass id_field=")
-        if self.stats is not None and not 0 <= sample_id < self.stats.num_samples:
-            raise MidasDataError(f"sample id {sample_id} is outside the stats table [0, {self.stats.num_samples})")
-        if not self.resampled:
-            if sample_id in seen:
-                raise MidasDataError(
-                    f"sample id {sample_id} came twice in one epoch (a duplicate key, or a shard listed twice); "
-                    "every sample must be unique unless resampled=True"
-                )
-            seen.add(sample_id)
-        return int(sample_id), item
+    def _shards_text(self, share: _Share) -> str:
+        if share.shards is not None and self.index is not None:
+            return f"Shards {[self.index.shards[s].name for s in share.shards]}"
+        return f"It reads {share.num_shards} shards"
 
     def _weak_modality(self) -> int:
         if self.policy != "weak_modality" or self.stats is None:
@@ -462,9 +533,10 @@ class MidasBatches:
         positions, weights = draw_window(snapshot, self.policy, self.floor, generator, len(window))
         return [(*window[p], w, updates) for p, w in zip(positions.tolist(), weights.tolist())]
 
-    def _batch(self, ready: deque, size: int) -> MidasBatch:
+    @staticmethod
+    def _batch(collate: MidasCollate, ready: deque, size: int) -> MidasBatch:
         taken = [ready.popleft() for _ in range(size)]
-        batch = self.collate([(sid, item) for sid, item, _, _ in taken])
+        batch = collate([(sid, item) for sid, item, _, _ in taken])
         batch.extras["importance_weights"] = torch.tensor([w for _, _, w, _ in taken], dtype=torch.float32)
         batch.extras["stats_updates"] = torch.tensor(min(u for _, _, _, u in taken), dtype=torch.int64)
         return batch
