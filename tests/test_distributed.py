@@ -42,7 +42,7 @@ def test_without_a_process_group_everything_is_local():
     assert not is_distributed()
     ids, stats = rows([3, 2**24 + 1], seed=0)
     packed, columns = pack_statistics(stats, 2, rows=2)
-    assert packed.shape == (2, 5) and packed.dtype == torch.float32 and columns == (True, True, True, True)
+    assert packed.shape == (2, 6) and packed.dtype == torch.float32 and columns == (True, True, True, False, True)
     out_ids, out_values, valid = all_gather_rows(ids, packed)
     assert out_ids is not None and torch.equal(out_ids, ids) and out_values is packed and valid is None
     table = StatsTable(2**24 + 2, MODALITIES)

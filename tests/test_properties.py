@@ -174,7 +174,8 @@ def test_importance_weights_average_to_one_under_every_policy(case):
     # E_p[w] = sum_i p_i / (N p_i) = 1, with p_i = expected_i / N a distribution.
     assert expected.sum().item() == pytest.approx(n, rel=1e-9)
     assert (expected * weights / n).sum().item() == pytest.approx(1.0, rel=1e-6)
-    assert ((weights > 0) & (weights <= 1.0 / floor + 1e-6)).all()
+    # Weights are float32: allow its rounding, relative to the bound (1/floor reaches 100).
+    assert ((weights > 0) & (weights <= (1.0 / floor) * (1 + 1e-6))).all()
     # The realised epoch draws each sample floor(N p_i) or ceil(N p_i) times.
     counts = torch.bincount(plan.order.long(), minlength=n).double()
     assert ((counts - expected).abs() < 1.0 + 1e-9).all() and counts.sum().item() == n

@@ -49,12 +49,12 @@ def assert_unchanged(table: StatsTable, before) -> None:
 
 # -- layout -------------------------------------------------------------------------------
 def test_bytes_per_sample_formula():
-    assert bytes_per_sample(2, torch.float16) == 12
-    assert bytes_per_sample(2, torch.bfloat16) == 12
-    assert bytes_per_sample(2, torch.float32) == 20 <= 32
+    assert bytes_per_sample(2, torch.float16) == 14
+    assert bytes_per_sample(2, torch.bfloat16) == 14
+    assert bytes_per_sample(2, torch.float32) == 24 <= 32
     table = StatsTable(1000, MODALITIES)
-    assert table.bytes_per_sample == 12
-    assert 12 * 1000 <= table.nbytes <= 12 * 1000 + 32
+    assert table.bytes_per_sample == 14
+    assert 14 * 1000 <= table.nbytes <= 14 * 1000 + 32
     assert table.storage == "shm" and table.values.is_shared()
 
 
@@ -256,7 +256,7 @@ def test_checkpoint_of_another_table_is_rejected():
         table.load_state_dict({"values": torch.zeros(4, 10)})
     state = StatsTable(10, MODALITIES).state_dict()
     state["values"] = state["values"][:, :5]
-    with pytest.raises(ValueError, match="values.*shape \\[4, 10\\]"):
+    with pytest.raises(ValueError, match="values.*shape \\[5, 10\\]"):
         table.load_state_dict(state)
 
 
@@ -408,8 +408,8 @@ def test_sync_stats_with_a_batch_capacity_needs_no_size_exchange(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
     for r in (r0, r1):
         # Two gathers of capacity-long tensors (ids, then values); no size all-gather.
-        assert r["capacity_gathers"] == [(5,), (5, 5)]
-        assert r["exchange_gathers"] == [(5,), (5, 5), (1,), (3,), (3, 5)]
+        assert r["capacity_gathers"] == [(5,), (5, 6)]
+        assert r["exchange_gathers"] == [(5,), (5, 6), (1,), (3,), (3, 6)]
         assert r["syncs_5"] == []
         assert r["syncs_None"] == ["aten._local_scalar_dense.default"] * 2  # int() of each rank's size
     # Identical tables, equal to one update with every rank's rows in rank order.
@@ -468,10 +468,10 @@ def test_packing_statistics_in_the_step_never_waits_for_the_device():
         ids = as_id_tensor(torch.arange(6) * 7)
         packed, columns = pack_statistics(objective_like, 2, ids.shape[0])
         check_step(5)
-        check_packed(packed, valid, ids.shape[0], 2 + 3)
+        check_packed(packed, valid, ids.shape[0], 2 + 4)
         packed, _ = pack_statistics({"similarity": objective_like["similarity"]}, 2, 6)
     assert syncs.count == 0, syncs.ops
-    assert columns == (True, True, True, True) and packed.shape == (6, 5)
+    assert columns == (True, True, True, False, True) and packed.shape == (6, 6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -6,11 +6,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .method import JointTraining, Method, UnimodalTraining
-from .midas_method import InputLevelMidasMethod, MidasMethod, PrioritisedMidasMethod
+from .midas_method import InputLevelMidasMethod, MidasMethod, PrioritisedMidasMethod, PrunedJointTraining
 from .mixup import FeatureMixup
 from .ogm_ge import OGMGE
 
-__all__ = ["METHODS", "make_method", "MethodFactory"]
+__all__ = ["METHODS", "PRUNED_METHODS", "make_method", "MethodFactory"]
 
 
 MethodFactory = Callable[[int, Sequence[str], Mapping[str, Any]], Method]
@@ -26,10 +26,20 @@ def _midas(name: str, **fixed: Any) -> MethodFactory:
             # Only the options given: the defaults stay the method's (and the sampler's).
             names = {"sampler_floor": "floor", "sampler_importance_weights": "importance_weights"}
             sampler = {arg: options[key] for key, arg in names.items() if key in options}
+            sampler["prune"] = _prune_options(options)
             return PrioritisedMidasMethod(num_classes, modalities, policy, name, **sampler, **kwargs)
         return MidasMethod(num_classes, modalities, name=name, **kwargs)
 
     return factory
+
+
+def _prune_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``prune_ratio``, ``prune_tail``, ``prune_score`` -> :class:`PrunePolicy` options."""
+    return {
+        key.removeprefix("prune_"): options[key]
+        for key in ("prune_ratio", "prune_tail", "prune_score")
+        if key in options
+    }
 
 
 METHODS: dict[str, MethodFactory] = {
@@ -46,13 +56,27 @@ METHODS: dict[str, MethodFactory] = {
     "midas_no_hard": _midas("midas_no_hard", hard_sample_weighting=False),
     "midas_sampler_hard": _midas("midas_sampler_hard", policy="hard"),
     "midas_sampler_weak": _midas("midas_sampler_weak", policy="weak_modality"),
+    # A uniform MIDAS run that also records the stats table (the bad-pair read-out).
+    "midas_table": _midas("midas_table", policy="uniform"),
+}
+
+# Methods on pruned epochs (``policy="prune"``): MIDAS, and joint training alone. Kept apart
+# from METHODS because their step loss is not one quantity from the first step to the last:
+# a pruned epoch's batches hold fewer low-loss samples, weighted up, so its per-step loss is
+# larger in expectation than a full epoch's (the epoch *sum* is what stays unbiased), and it
+# drops back at the full-data tail. make_method builds them all the same.
+PRUNED_METHODS: dict[str, MethodFactory] = {
+    "midas_prune": _midas("midas_prune", policy="prune"),
+    "joint_prune": lambda c, m, o: PrunedJointTraining(prune=_prune_options(o)),
 }
 
 
 def make_method(
     name: str, num_classes: int, modalities: Sequence[str], options: Mapping[str, Any] | None = None
 ) -> Method:
-    """A fresh method by name (see :data:`METHODS`); ``options`` are its hyper-parameters."""
-    if name not in METHODS:
-        raise KeyError(f"method: unknown {name!r}; expected one of {sorted(METHODS)}")
-    return METHODS[name](num_classes, modalities, dict(options or {}))
+    """A fresh method by name (see :data:`METHODS` and :data:`PRUNED_METHODS`); ``options``
+    are its hyper-parameters."""
+    factories = {**METHODS, **PRUNED_METHODS}
+    if name not in factories:
+        raise KeyError(f"method: unknown {name!r}; expected one of {sorted(factories)}")
+    return factories[name](num_classes, modalities, dict(options or {}))

@@ -22,6 +22,7 @@ __all__ = [
     "plot_accuracy_curves",
     "plot_modality_confidence",
     "plot_alpha",
+    "plot_score_histogram",
     "comparison_table",
     "write_report",
 ]
@@ -155,6 +156,44 @@ def plot_alpha(
     return _save(fig, path)
 
 
+def plot_score_histogram(
+    scores: Any,
+    path: str | Path,
+    *,
+    by: str = "mismatch",
+    marked: Any = None,
+    marked_label: str = "marked samples",
+    bins: int = 60,
+) -> Path:
+    """Histogram of a per-sample score (``StatsTable.scores(by)``, or any 1-D values;
+    ``NaN`` dropped), with the ``marked`` ids (e.g. known bad pairs) drawn apart, and the
+    threshold of the top 5 % as a dashed line. Log-scaled counts."""
+    import torch
+
+    plt = _pyplot()
+    values = torch.as_tensor(scores, dtype=torch.float32).reshape(-1)
+    seen = ~values.isnan()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    known = values[seen]
+    if known.numel():
+        edges = torch.linspace(float(known.min()), float(known.max()) + 1e-6, bins + 1).tolist()
+        if marked is not None:
+            mask = torch.zeros_like(values, dtype=torch.bool)
+            mask[torch.as_tensor(marked, dtype=torch.long)] = True
+            ax.hist(values[seen & ~mask].numpy(), bins=edges, color="0.6", label="other samples")
+            ax.hist(values[seen & mask].numpy(), bins=edges, color="C3", alpha=0.8, label=marked_label)
+        else:
+            ax.hist(known.numpy(), bins=edges, color="C0", label="samples")
+        cut = float(torch.quantile(known.double(), 0.95))
+        ax.axvline(cut, color="k", linestyle="--", linewidth=1, label="top 5 %")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"score: {by}")
+    ax.set_ylabel("samples")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,11 +230,15 @@ def write_report(
     warmup_epochs: int | None = None,
     notes: Sequence[str] = (),
     extra: Mapping[str, Any] | None = None,
+    scores: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write the plots, ``results.json`` and ``summary.md`` into ``out_dir``.
 
     ``runs`` maps a method name to ``{"history", "test", "best_epoch", "alpha_steps"
-    (optional), "steps_per_epoch"}``. Returns the paths written, by kind.
+    (optional), "steps_per_epoch"}``. ``scores`` (optional): ``{"values": [N] per-sample
+    score, "by": its name, "marked": ids to draw apart}``, e.g. from a
+    :class:`~midas_data.StatsTable`, adds ``score_histogram.png``. Returns the paths
+    written, by kind.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,6 +261,10 @@ def write_report(
             out / "alpha.png",
             steps_per_epoch=int(run["steps_per_epoch"]),
             warmup_epochs=warmup_epochs,
+        )
+    if scores is not None:
+        paths["score_histogram"] = plot_score_histogram(
+            scores["values"], out / "score_histogram.png", by=scores.get("by", "mismatch"), marked=scores.get("marked")
         )
     results = {
         "dataset": dataset,

@@ -1,9 +1,10 @@
 """The per-sample statistics a training step reports, packed for the table and the wire.
 
 The objective's ``diagnostics["per_sample"]`` holds, per aligned row, the unimodal
-confidences ``[B, M]``, the hard-sample similarity and misaligned loss ``[B]`` and
-whether the row had misaligned copies at all. :func:`pack_statistics` turns them into one
-float32 ``[B, M + 3]`` tensor: the local :meth:`StatsTable.update` applies it, and
+confidences ``[B, M]``, the hard-sample similarity and misaligned loss ``[B]``, the
+aligned fusion loss ``[B]`` (unweighted) and whether the row had misaligned copies at
+all. :func:`pack_statistics` turns them into one float32 ``[B, M + 4]`` tensor: the
+local :meth:`StatsTable.update` applies it, and
 :func:`~midas_data.feedback.sync.sync_stats` all-gathers it across ranks, so both paths
 check and lay out the columns the same way. Ids never join the float tensor (a float32
 id is wrong above ``2**24``); they travel as int64 beside it.
@@ -17,35 +18,38 @@ from typing import Any
 
 import torch
 
-__all__ = ["STATISTICS", "pack_statistics", "as_id_tensor"]
+__all__ = ["STATISTICS", "VALUE_STATISTICS", "pack_statistics", "as_id_tensor"]
 
-STATISTICS = ("confidence", "similarity", "misaligned_loss", "has_misaligned")
+STATISTICS = ("confidence", "similarity", "misaligned_loss", "loss", "has_misaligned")
+# The statistics that are columns of the table (``has_misaligned`` only masks two of them).
+VALUE_STATISTICS = STATISTICS[:4]
 
 
 def pack_statistics(
     per_sample: Mapping[str, torch.Tensor | None], num_modalities: int, rows: int
-) -> tuple[torch.Tensor, tuple[bool, bool, bool, bool]]:
-    """One step's per-sample statistics of ``rows`` samples as one ``[rows, M + 3]`` float32
+) -> tuple[torch.Tensor, tuple[bool, ...]]:
+    """One step's per-sample statistics of ``rows`` samples as one ``[rows, M + 4]`` float32
     tensor on their device.
 
-    Columns: ``confidence [M]``, ``similarity``, ``misaligned_loss``, ``has_misaligned``
-    (0/1). A statistic not given (or ``None``) is ``NaN`` (``has_misaligned``: 1), and the
-    returned flags say which were given, in :data:`STATISTICS` order. Shapes and dtypes are
-    checked here (host-known, no device synchronisation); values are checked when the
-    table applies them. The local update and the cross-rank all-gather both send this.
+    Columns: ``confidence [M]``, ``similarity``, ``misaligned_loss``, ``loss`` (the aligned
+    fusion loss), ``has_misaligned`` (0/1). A statistic not given (or ``None``) is ``NaN``
+    (``has_misaligned``: 1), and the returned flags say which were given, in
+    :data:`STATISTICS` order. Shapes and dtypes are checked here (host-known, no device
+    synchronisation); values are checked when the table applies them. The local update
+    and the cross-rank all-gather both send this.
     """
     unknown = set(per_sample) - set(STATISTICS)
     if unknown:
         raise KeyError(
             f"per_sample: unknown keys {sorted(unknown)}; expected confidence, similarity, "
-            "misaligned_loss, has_misaligned"
+            "misaligned_loss, loss, has_misaligned"
         )
     given = {k: v for k, v in per_sample.items() if v is not None}
-    if not any(k in given for k in STATISTICS[:3]):
-        raise ValueError("update: no statistics given (confidence, similarity or misaligned_loss)")
+    if not any(k in given for k in VALUE_STATISTICS):
+        raise ValueError("update: no statistics given (confidence, similarity, misaligned_loss or loss)")
     device = next((v.device for v in given.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
     parts = []
-    for name, width in (("confidence", num_modalities), ("similarity", 0), ("misaligned_loss", 0)):
+    for name, width in (("confidence", num_modalities), ("similarity", 0), ("misaligned_loss", 0), ("loss", 0)):
         value = given.get(name)
         shape = (rows, width) if width else (rows,)
         if value is None:

@@ -264,6 +264,9 @@ class EpochPlan:
             in the snapshot, 1 for a never-seen one.
         snapshot_updates: ``StatsTable.num_updates`` when the snapshot was taken (``-1``
             without a table): the plan reflects exactly the updates before it.
+        threshold, low_keep: ``prune`` plans (``prune.py``): samples whose snapshot value is
+            below ``threshold`` are expected ``low_keep`` times this epoch, others once.
+            ``order`` then holds fewer than ``N`` slots.
     """
 
     epoch: int
@@ -274,6 +277,8 @@ class EpochPlan:
     a: float = 1.0
     b: float = 0.0
     snapshot_updates: int = -1
+    threshold: float = math.nan
+    low_keep: float = 1.0
     _device_snapshots: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def expected_counts(self, ids: torch.Tensor) -> torch.Tensor:
@@ -286,7 +291,10 @@ class EpochPlan:
             self._device_snapshots[key] = self.snapshot.to(ids.device)
         values = self._device_snapshots[key][ids.long()]
         # The very operations the planner used, so the weights match the draws exactly.
-        return expected_from_values(stat_values(values, self.snapshot.dtype != torch.float16), self.a, self.b)
+        x = stat_values(values, self.snapshot.dtype != torch.float16)
+        if self.policy == "prune":
+            return torch.where(x < self.threshold, self.low_keep, 1.0).to(torch.float64)
+        return expected_from_values(x, self.a, self.b)
 
     def importance_weights(self, ids: torch.Tensor) -> torch.Tensor:
         """``1 / (N p_i)`` per id, float32 on ``ids.device`` (all 1 for uniform plans)."""

@@ -13,12 +13,14 @@ Policies (``docs/feedback.md`` has the estimators):
   ``w = 1 + (s + 1) / 2`` of its last misaligned copies (``s`` from the stats table).
 * ``weak_modality`` (experimental) — in proportion to ``1 - c^m^``, the weak modality's
   unimodal confidence on the sample's own label.
+* ``prune`` — each epoch leaves out a random share of the samples scored below the mean,
+  with importance weights that keep the epoch loss unbiased (``prune.py``); its epochs
+  are shorter, and ``len()`` says how long (see :meth:`MidasBatchSampler.__len__`).
 """
 
 from __future__ import annotations
 
 import numbers
-import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -26,11 +28,13 @@ import torch
 from torch.utils.data import Sampler
 
 from ..distributed import world_size
-from ..errors import MidasDataError
 from ..functional import pair_importance_weights
 from .epochs import EpochCursor, SavedPosition, checked_epoch, shared_epoch
 from .planning import POLICIES, EpochPlan, batch_bounds, choose_weak_modality, plan_from_snapshot
+from .prune import PrunePolicy, prune_plan, upcoming_epoch
 from .recreate import record_init_arguments, replicas_of
+from .sampler_checks import FORMAT as _FORMAT
+from .sampler_checks import check_wrapper, checked_state
 from .sharding import shard_bounds, sharding_wrapper
 from .stats import StatsTable
 
@@ -39,12 +43,14 @@ __all__ = [
     "DistributedMidasBatchSampler",
     "EpochPlan",
     "POLICIES",
+    "SAMPLER_POLICIES",
+    "PrunePolicy",
     "shared_epoch",
     "shard_bounds",
     "pair_importance_weights",
 ]
 
-_FORMAT = "midas_data.MidasBatchSampler/1"
+SAMPLER_POLICIES = (*POLICIES, "prune")
 
 
 class _SampleOrder(Sampler[int]):
@@ -83,7 +89,10 @@ class MidasBatchSampler(Sampler[list[int]]):
             sample still appears exactly once per epoch (see :func:`batch_bounds`).
         epoch: the shared epoch tensor (see :func:`shared_epoch`); one is made if omitted.
         policy: ``"uniform"`` (default, the paper), ``"hard"`` or ``"weak_modality"``
-            (experimental, need ``stats``).
+            (experimental, need ``stats``), or ``"prune"`` (needs ``stats``; a
+            :class:`~midas_data.feedback.prune.PrunePolicy` instance sets its options).
+        num_epochs: ``policy="prune"`` given as a string: the training's epochs (its last
+            eighth is trained on the full data); the other options at their defaults.
         stats: the :class:`~midas_data.feedback.stats.StatsTable` the prioritised policies read.
         floor: share of every prioritised epoch drawn uniformly, in ``(0, 1]``: each sample
             is expected at least ``floor`` times per epoch and importance weights stay at or
@@ -125,7 +134,7 @@ class MidasBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         drop_last: bool = False,
         epoch: torch.Tensor | None = None,
-        policy: str = "uniform",
+        policy: str | PrunePolicy = "uniform",
         stats: StatsTable | None = None,
         floor: float = 0.2,
         weak_modality: str | int | None = None,
@@ -133,7 +142,14 @@ class MidasBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         num_shards: int | None = None,
         sampler: Any = None,
+        num_epochs: int | None = None,
     ) -> None:
+        prune = policy if isinstance(policy, PrunePolicy) else None
+        if policy == "prune":
+            prune = PrunePolicy(num_epochs=num_epochs)
+        elif num_epochs is not None and (prune is None or prune.num_epochs != num_epochs):
+            raise ValueError("num_epochs: only for policy='prune' (or give it to PrunePolicy)")
+        policy_arg, policy = policy, ("prune" if prune is not None else policy)
         if sampler is not None:
             num_replicas, rank = replicas_of(sampler, num_replicas, rank)
         if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
@@ -148,8 +164,8 @@ class MidasBatchSampler(Sampler[list[int]]):
                 f"batch_size: expected at least 2, got {batch_size}; a misaligned sample takes a modality "
                 "from another sample of the same batch"
             )
-        if policy not in POLICIES:
-            raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
+        if policy not in SAMPLER_POLICIES:
+            raise ValueError(f"policy: expected one of {SAMPLER_POLICIES} or a PrunePolicy, got {policy!r}")
         if policy != "uniform":
             if stats is None:
                 raise ValueError(f"policy={policy!r} reads per-sample statistics: pass stats=StatsTable(...)")
@@ -179,6 +195,9 @@ class MidasBatchSampler(Sampler[list[int]]):
         self.epoch_tensor = epoch if epoch is not None else shared_epoch()
         self.cursor = EpochCursor(self.epoch_tensor)
         self.policy = policy
+        self.prune = prune
+        self._upcoming: tuple[tuple[int, int], EpochPlan] | None = None
+        self._in_pass = False
         self.stats = stats
         self.floor = float(floor)
         self.weak_modality = weak_modality
@@ -192,16 +211,21 @@ class MidasBatchSampler(Sampler[list[int]]):
         self.sampler = _SampleOrder(self)
         self._set_bounds(self.fixed_num_shards or 1)
         kwargs = {"shuffle": shuffle, "seed": seed, "drop_last": drop_last, "epoch": self.epoch_tensor}
-        kwargs.update(policy=policy, stats=stats, floor=floor, weak_modality=weak_modality)
+        kwargs.update(policy=policy_arg, stats=stats, floor=floor, weak_modality=weak_modality)
         kwargs.update(num_replicas=num_replicas, rank=rank, num_shards=num_shards)
+        if num_epochs is not None:
+            kwargs["num_epochs"] = num_epochs
         record_init_arguments(self, (self.num_samples, self.max_batch_size), kwargs)
 
-    def _set_bounds(self, num_shards: int) -> None:
+    def _set_bounds(self, num_shards: int, num_slots: int | None = None) -> None:
+        """Batch bounds over ``num_slots`` global slots (default all ``N``; a pruned plan
+        has fewer), for ``num_shards`` Accelerate processes or this sampler's rank."""
         self.num_shards = num_shards
+        slots = self.num_samples if num_slots is None else num_slots
         if num_shards > 1:
-            bounds = shard_bounds(self.num_samples, self.max_batch_size, num_shards, self.drop_last)
+            bounds = shard_bounds(slots, self.max_batch_size, num_shards, self.drop_last)
         else:
-            bounds = batch_bounds(self.num_samples, self.max_batch_size, self.num_replicas, self.rank, self.drop_last)
+            bounds = batch_bounds(slots, self.max_batch_size, self.num_replicas, self.rank, self.drop_last)
         self._bounds_cache = bounds
         self._uniform_size = {end - begin for begin, end in bounds} == {self.max_batch_size}
 
@@ -231,6 +255,14 @@ class MidasBatchSampler(Sampler[list[int]]):
         if self.stats is not None:
             self.stats.flush()
             updates = self.stats.num_updates
+        if self.prune is not None and self.stats is not None:
+            key = (epoch, updates)
+            if self._upcoming is not None and self._upcoming[0] == key:
+                return self._upcoming[1]  # planned when len() was asked; the table is unchanged
+            if not self.prune.prunes(epoch):
+                return prune_plan(self.num_samples, epoch, self.seed, self.prune, None, updates)
+            snapshot = getattr(self.stats, self.prune.score).clone()
+            return prune_plan(self.num_samples, epoch, self.seed, self.prune, snapshot, updates)
         if self.policy == "hard" and self.stats is not None:
             snapshot = self.stats.similarity.clone()
         elif self.policy == "weak_modality" and self.stats is not None:
@@ -271,7 +303,12 @@ class MidasBatchSampler(Sampler[list[int]]):
         # made: a DataLoader makes (and drops) an extra iterator when it starts workers,
         # torchdata another one when it restores a state.
         start = self.cursor.begin()
-        if start.saved is not None:
+        if start.saved is not None and self.prune is not None:
+            saved = start.saved
+            plan = prune_plan(
+                self.num_samples, start.epoch, self.seed, self.prune, saved.snapshot, saved.snapshot_updates
+            )
+        elif start.saved is not None:
             saved = start.saved
             plan = plan_from_snapshot(
                 self.num_samples,
@@ -289,50 +326,19 @@ class MidasBatchSampler(Sampler[list[int]]):
         else:
             plan = self.plan_epoch(start.epoch)
         self.current_plan = plan
-        yield from self._batches(plan.order, start.position)
-        self.cursor.finish()
+        self._upcoming = None
+        if self.prune is not None:
+            self._set_bounds(self.num_shards, plan.order.numel())
+        self._in_pass = True
+        try:
+            yield from self._batches(plan.order, start.position)
+            self.cursor.finish()
+        finally:
+            self._in_pass = False
 
     def _check_wrapper(self) -> None:
         """Fit the batches to an Accelerate wrapper, or refuse one that cannot work."""
-        wrapper = sharding_wrapper()
-        if wrapper is not None and wrapper[0] == "dispatch":
-            raise MidasDataError(
-                "Accelerate dispatch_batches=True: process 0 would concatenate the MidasBatch objects of several "
-                "batches and slice them across ranks, which breaks their pair plans. Use "
-                "Accelerator(dataloader_config=DataLoaderConfiguration(dispatch_batches=False)) (the default for "
-                "map-style datasets): every rank then builds its own batches"
-            )
-        if wrapper is not None:
-            shard = wrapper[1]
-            if self.num_replicas > 1:
-                raise MidasDataError(
-                    f"{type(self).__name__} with num_replicas={self.num_replicas} is already split by rank, and "
-                    "Accelerate's prepare() splits its batches again (each rank would see 1/N of its share). Give "
-                    "Accelerate the global sampler: midas_loader(...) without num_replicas/rank"
-                )
-            if getattr(shard, "split_batches", False):
-                raise MidasDataError(
-                    "Accelerate split_batches=True cuts each MidasBatch's index list across ranks after it was "
-                    "planned; use split_batches=False (the default): each rank then gets whole batches"
-                )
-            self._deal_to(shard)
-            return
-        num_shards = self.fixed_num_shards or 1
-        if self.num_replicas == 1 and world_size() > 1 and self.fixed_num_shards is None:
-            # A global sampler iterated directly on several ranks: each rank sees every
-            # sample, unless something else shards the batches. Order for the world anyway.
-            num_shards = world_size()
-            if not self._warned_unsharded:
-                self._warned_unsharded = True
-                warnings.warn(
-                    "MidasBatchSampler: the global sampler (num_replicas=1) is iterated directly on "
-                    f"{num_shards} ranks, so every rank sees every sample. In a plain DDP loop pass "
-                    "num_replicas= and rank= to midas_loader (or use DistributedMidasBatchSampler); under "
-                    "Accelerate, prepare() the loader",
-                    stacklevel=3,
-                )
-        if num_shards != self.num_shards:
-            self._set_bounds(num_shards)
+        check_wrapper(self)
 
     def _deal_to(self, shard: Any) -> None:
         """Lay the batches out for an Accelerate shard wrapper's round-robin."""
@@ -347,8 +353,34 @@ class MidasBatchSampler(Sampler[list[int]]):
             yield order[begin:end].tolist()
 
     def __len__(self) -> int:
+        """Batches of an epoch (of this rank). Under ``prune`` epochs differ in length:
+        during an epoch (its sampler pass begun and not ended) this is that epoch's count;
+        between epochs it is the next epoch's, planned now from the table as it is (and
+        kept for that epoch while the table does not change), so ask after the last
+        update and ``set_epoch`` of the previous epoch (trainers ask at the start of an
+        epoch). With DataLoader workers the sampler pass ends when the workers have fetched
+        the last batches, a little before the loop sees them."""
         self._fit_to_shard()
+        if self.prune is not None and self.stats is not None and not self._in_pass:
+            plan = self._next_plan()
+            bounds = self._bounds_cache
+            self._set_bounds(self.num_shards, plan.order.numel())
+            count, self._bounds_cache = len(self._bounds_cache), bounds
+            return count
         return len(self._bounds_cache)
+
+    def _next_plan(self) -> EpochPlan:
+        """The plan the next pass will use (``prune``), made once per epoch and table state."""
+        epoch, saved = upcoming_epoch(self.cursor)
+        if saved is not None:
+            return prune_plan(self.num_samples, epoch, self.seed, self.prune, saved.snapshot, saved.snapshot_updates)
+        if epoch < 0:
+            if self.current_plan is not None:
+                return self.current_plan  # the last pass was a peek: the same plan again
+            epoch = self.epoch
+        plan = self.plan_epoch(epoch)
+        self._upcoming = ((plan.epoch, plan.snapshot_updates), plan)
+        return plan
 
     def _fit_to_shard(self) -> None:
         """Order the batches for the Accelerate shard wrapper reading ``len`` or ``batch_size``."""
@@ -370,6 +402,7 @@ class MidasBatchSampler(Sampler[list[int]]):
             "seed": self.seed,
             "policy": self.policy,
             "floor": self.floor,
+            "prune": None if self.prune is None else self.prune.as_state(),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -408,28 +441,10 @@ class MidasBatchSampler(Sampler[list[int]]):
         with another world size, load the stats table and the objective only and start the
         next epoch with ``set_epoch(saved_epoch + 1)`` (see docs/distributed.md).
         """
-        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
-            got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"state['format']: expected {_FORMAT!r} (a MidasBatchSampler.state_dict()), got {got!r}")
         mine = self._layout(self.fixed_num_shards or (world_size() if self.num_replicas == 1 else 1))
-        for key, value in mine.items():
-            if state.get(key, 1 if key == "num_shards" else None) != value:
-                raise ValueError(
-                    f"state[{key!r}]: the checkpoint has {state.get(key)!r}, this sampler {value!r}; "
-                    "exact resume needs the same dataset, batch size, world size, seed and policy (for another "
-                    "world size, restore the stats table and objective only and set_epoch(saved_epoch + 1))"
-                )
-        epoch, yielded = state.get("epoch"), state.get("yielded")
-        if not isinstance(epoch, int) or not isinstance(yielded, int) or yielded < 0:
-            raise ValueError(f"state['epoch'], state['yielded']: expected ints, got {epoch!r}, {yielded!r}")
-        snapshot = state.get("snapshot")
-        if snapshot is not None and (
-            not isinstance(snapshot, torch.Tensor)
-            or tuple(snapshot.shape) != (self.num_samples,)
-            or not snapshot.dtype.is_floating_point
-        ):
-            raise ValueError(f"state['snapshot']: expected None or a float tensor of shape [{self.num_samples}]")
+        epoch, yielded, snapshot = checked_state(state, mine, self.num_samples)
         self.cursor.saved = None
+        self._in_pass, self._upcoming = False, None
         self._set_bounds(mine["num_shards"])
         if self.cursor.pinned and self.epoch != epoch:
             return  # set_epoch already chose another epoch (torchdata applies a state lazily)

@@ -12,13 +12,15 @@ column                 dtype               meaning
 ``similarity``         ``dtype``           last hard-sample similarity ``s`` of its misaligned
                                            copies (mean cosine over replaced modalities)
 ``misaligned_loss``    ``dtype``           last misaligned loss of its copies
+``loss``               ``dtype``           last aligned fusion loss (cross-entropy of the
+                                           fusion head on the own label, unweighted)
 ``last_step``          ``int32``           step of the last update that named it; ``-1`` = never
 =====================  ==================  =====================================================
 
 A value never written is ``NaN`` (updates refuse ``NaN``, so it is unambiguous).
 
-Memory: ``bytes_per_sample = (M + 2) * itemsize(dtype) + 4``, so 12 B for two modalities
-in ``float16`` (the default) and 20 B in ``float32``; plus a few bytes per table.
+Memory: ``bytes_per_sample = (M + 3) * itemsize(dtype) + 4``, so 14 B for two modalities
+in ``float16`` (the default) and 24 B in ``float32``; plus a few bytes per table.
 
 Sharing: every column lives in one buffer created in ``__init__``, before any worker
 starts: in shared memory (``share_memory_()``, i.e. ``/dev/shm``) or, when shared
@@ -38,6 +40,7 @@ from typing import Any
 
 import torch
 
+from . import readout
 from .columns import as_id_tensor, pack_statistics
 from .storage import STORAGES, SharedBuffer, StatsStorageWarning
 from .validation import (
@@ -63,8 +66,8 @@ _ALIGN = 8
 
 
 def bytes_per_sample(num_modalities: int, dtype: torch.dtype = torch.float16) -> int:
-    """Bytes one sample takes in a :class:`StatsTable`: ``(M + 2) * itemsize + 4``."""
-    return (num_modalities + 2) * _itemsize(dtype) + 4
+    """Bytes one sample takes in a :class:`StatsTable`: ``(M + 3) * itemsize + 4``."""
+    return (num_modalities + 3) * _itemsize(dtype) + 4
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -106,20 +109,20 @@ class _Pending:
 
     ids: torch.Tensor
     values: torch.Tensor
-    columns: tuple[bool, bool, bool, bool]
+    columns: tuple[bool, ...]
     valid: torch.Tensor | None
     step: int | None
     event: Any
 
 
-class StatsTable:
+class StatsTable(readout.TableReadout):
     """Preallocated per-sample statistics, shared with DataLoader workers.
 
     Args:
         num_samples: dataset size; valid ids are ``0 .. num_samples - 1`` (int64, any size).
         modalities: modality names in the objective's order, or their number.
-        dtype: storage dtype of the statistics: ``torch.float16`` (default, 12 B/sample for
-            two modalities), ``torch.bfloat16`` or ``torch.float32`` (20 B/sample).
+        dtype: storage dtype of the statistics: ``torch.float16`` (default, 14 B/sample for
+            two modalities), ``torch.bfloat16`` or ``torch.float32`` (24 B/sample).
         storage: ``"auto"`` (shared memory, else a file-backed mapping with a
             :class:`StatsStorageWarning`), ``"shm"`` (shared memory or a clear error) or
             ``"file"`` (a file-backed mapping in ``directory``).
@@ -161,7 +164,7 @@ class StatsTable:
         if storage not in STORAGES:
             raise ValueError(f"storage: expected one of {STORAGES}, got {storage!r}")
         self._modalities = names
-        self._layout = _Layout(int(num_samples), len(names) + 2, dtype)
+        self._layout = _Layout(int(num_samples), len(names) + 3, dtype)
         self._pending: _Pending | None = None
         self.batch_capacity = batch_capacity
         self._shared = SharedBuffer(self._layout.total_bytes, storage, directory, owner="StatsTable")
@@ -249,7 +252,8 @@ class StatsTable:
     # -- columns (shared tensors; read them, write through update) ---------------------------
     @property
     def values(self) -> torch.Tensor:
-        """All statistics columns, ``[M + 2, N]``: confidences, similarity, misaligned loss."""
+        """All statistics columns, ``[M + 3, N]``: confidences, similarity, misaligned loss,
+        aligned loss."""
         return self._values
 
     @property
@@ -266,6 +270,11 @@ class StatsTable:
     def misaligned_loss(self) -> torch.Tensor:
         """``[N]`` last misaligned losses, ``NaN`` where never written."""
         return self._values[self.num_modalities + 1]
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """``[N]`` last aligned fusion losses (unweighted), ``NaN`` where never written."""
+        return self._values[self.num_modalities + 2]
 
     @property
     def last_step(self) -> torch.Tensor:
@@ -289,7 +298,8 @@ class StatsTable:
 
     def read(self, ids: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
         """The statistics of ``ids`` as float32 copies (``NaN`` = never written):
-        ``confidence [B, M]``, ``similarity [B]``, ``misaligned_loss [B]``, ``last_step [B]``."""
+        ``confidence [B, M]``, ``similarity [B]``, ``misaligned_loss [B]``, ``loss [B]``,
+        ``last_step [B]``."""
         self.flush()
         index = check_ids(torch.as_tensor(ids).cpu(), self.num_samples, None, "")
         picked = self._values.index_select(1, index).float()
@@ -298,6 +308,7 @@ class StatsTable:
             "confidence": picked[:m].t().contiguous(),
             "similarity": picked[m],
             "misaligned_loss": picked[m + 1],
+            "loss": picked[m + 2],
             "last_step": self._last_step.index_select(0, index).long(),
         }
 
@@ -317,6 +328,7 @@ class StatsTable:
         confidence: torch.Tensor | None = None,
         similarity: torch.Tensor | None = None,
         misaligned_loss: torch.Tensor | None = None,
+        loss: torch.Tensor | None = None,
         has_misaligned: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
         step: int | None = None,
@@ -328,8 +340,8 @@ class StatsTable:
                 ids above ``2**24``).
             per_sample: ``diagnostics["per_sample"]`` of :class:`MidasObjective`: keys
                 ``confidence [B, M]``, ``similarity [B]``, ``misaligned_loss [B]``,
-                ``has_misaligned [B]``. Or pass the tensors by keyword instead; a column
-                not given is left as it is.
+                ``loss [B]`` (aligned fusion loss), ``has_misaligned [B]``. Or pass the
+                tensors by keyword instead; a column not given is left as it is.
             has_misaligned: ``[B]`` bool: rows whose similarity and loss mean something
                 (an anchor without misaligned copies has none); default all.
             valid: ``[B]`` bool: rows to apply at all; others (padding) are ignored.
@@ -352,7 +364,7 @@ class StatsTable:
         if per_sample is not None:
             if not isinstance(per_sample, Mapping):
                 raise TypeError(f"per_sample: expected a mapping of tensors, got {type(per_sample).__name__}")
-            if any(v is not None for v in (confidence, similarity, misaligned_loss, has_misaligned)):
+            if any(v is not None for v in (confidence, similarity, misaligned_loss, loss, has_misaligned)):
                 raise ValueError("pass either per_sample or the statistics by keyword, not both")
             statistics = per_sample
         else:
@@ -360,6 +372,7 @@ class StatsTable:
                 "confidence": confidence,
                 "similarity": similarity,
                 "misaligned_loss": misaligned_loss,
+                "loss": loss,
                 "has_misaligned": has_misaligned,
             }
         ids = as_id_tensor(ids)
@@ -370,18 +383,18 @@ class StatsTable:
         self,
         ids: torch.Tensor,
         values: torch.Tensor,
-        columns: tuple[bool, bool, bool, bool],
+        columns: tuple[bool, ...],
         *,
         valid: torch.Tensor | None = None,
         step: int | None = None,
     ) -> None:
         """:meth:`update` with statistics already packed by :func:`pack_statistics`
-        (``values [B, M + 3]``, ``columns`` the flags it returned); ``sync_stats`` applies
+        (``values [B, M + 4]``, ``columns`` the flags it returned); ``sync_stats`` applies
         the gathered rows of every rank this way."""
         self.flush()
         ids = as_id_tensor(ids)
         check_step(step)
-        check_packed(values, valid, ids.shape[0], self.num_modalities + 3)
+        check_packed(values, valid, ids.shape[0], self.num_modalities + 4)
         ids, values = ids.detach(), values.detach()
         valid = None if valid is None else valid.detach()
         if not any(t is not None and t.device.type == "cuda" for t in (ids, values, valid)):
@@ -409,12 +422,12 @@ class StatsTable:
         self,
         ids: torch.Tensor,
         values: torch.Tensor,
-        columns: tuple[bool, bool, bool, bool],
+        columns: tuple[bool, ...],
         valid: torch.Tensor | None,
         step: int | None,
     ) -> None:
         m = self.num_modalities
-        has_misaligned = values[:, m + 2] > 0.5 if columns[3] else None
+        has_misaligned = values[:, m + 3] > 0.5 if columns[4] else None
         rows = torch.arange(ids.shape[0])
         if valid is not None:
             ids, values, rows = ids[valid], values[valid], rows[valid]
@@ -434,6 +447,9 @@ class StatsTable:
                 for col, given in ((m, columns[1]), (m + 1, columns[2])):
                     if given:
                         self._values[col].index_copy_(0, ids[keep], values[keep, col].to(self.dtype))
+            if columns[3]:
+                keep = _last_occurrence(ids)
+                self._values[m + 2].index_copy_(0, ids[keep], values[keep, m + 2].to(self.dtype))
             self._last_step.index_fill_(0, ids.unique(), record)
         self._counter[0] += 1
 
@@ -456,7 +472,8 @@ class StatsTable:
         """Restore a checkpoint from :meth:`state_dict` into this (shared) table in place.
 
         The checkpoint must come from a table of the same size and modalities; a different
-        storage dtype is converted. Any update still in flight is discarded.
+        storage dtype is converted, and so is a format-1 checkpoint (from before the
+        ``loss`` column, which then starts as ``NaN``: never written). Any update still in flight is discarded.
         """
         values, last_step, updates = check_state(state, self.num_samples, self._modalities, self._layout.num_columns)
         self._pending = None

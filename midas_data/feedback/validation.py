@@ -18,6 +18,7 @@ import torch
 __all__ = [
     "STATS_DTYPES",
     "STATE_FORMAT",
+    "OLD_STATE_FORMATS",
     "MAX_STEP",
     "RANGE_TOL",
     "check_step",
@@ -29,7 +30,9 @@ __all__ = [
 ]
 
 STATS_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-STATE_FORMAT = "midas_data.StatsTable/1"
+STATE_FORMAT = "midas_data.StatsTable/2"
+# Format 1 had no ``loss`` column (M + 2 value rows); it is converted on load (loss: NaN).
+OLD_STATE_FORMATS = ("midas_data.StatsTable/1",)
 MAX_STEP = 2**31 - 1
 # Tolerance for statistics a hair outside their range through rounding (softmax, cosine).
 RANGE_TOL = 1e-3
@@ -94,11 +97,12 @@ def check_statistics(
     num_modalities: int,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """The packed ``values [B, M + 3]`` (host) of an update, checked and clipped to their ranges.
+    """The packed ``values [B, M + 4]`` (host) of an update, checked and clipped to their ranges.
 
     Per column given (``columns``, in ``STATISTICS`` order): every value is finite;
     confidences lie in ``[0, 1]`` and similarities in ``[-1, 1]`` (within :data:`RANGE_TOL`,
-    then clipped); losses are non-negative, and clipped to ``dtype``'s largest finite value.
+    then clipped); losses (misaligned and aligned) are non-negative, and clipped to
+    ``dtype``'s largest finite value.
     Similarity and loss are checked only on rows ``with_misaligned``. Returns a clipped copy;
     ``values`` itself is left alone, so a rejected update changes nothing.
     """
@@ -109,6 +113,7 @@ def check_statistics(
         ("confidence", slice(0, m), columns[0], None, 0.0, 1.0),
         ("similarity", slice(m, m + 1), columns[1], with_misaligned, -1.0, 1.0),
         ("misaligned_loss", slice(m + 1, m + 2), columns[2], with_misaligned, 0.0, limit),
+        ("loss", slice(m + 2, m + 3), columns[3], None, 0.0, limit),
     )
     for name, cols, given, mask, low, high in checks:
         if not given:
@@ -139,9 +144,14 @@ def check_state(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """A ``StatsTable.state_dict()`` for a table of ``num_samples`` rows and ``modalities``:
     returns its ``values``, ``last_step`` and ``num_updates``, or raises naming the bad key."""
+    if isinstance(state, Mapping) and state.get("format") in OLD_STATE_FORMATS:
+        state = convert_old_state(state, num_samples, num_columns)
     if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
         got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
-        raise ValueError(f"state['format']: expected {STATE_FORMAT!r} (a StatsTable.state_dict()), got {got!r}")
+        raise ValueError(
+            f"state['format']: expected {STATE_FORMAT!r} (a StatsTable.state_dict(); "
+            f"{', '.join(map(repr, OLD_STATE_FORMATS))} is converted), got {got!r}"
+        )
     if state.get("num_samples") != num_samples:
         raise ValueError(
             f"state['num_samples']: the checkpoint has {state.get('num_samples')} samples, this table "
@@ -171,3 +181,20 @@ def check_state(
     if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
         raise ValueError(f"state['num_updates']: expected a non-negative int, got {updates!r}")
     return values, last_step, updates
+
+
+def convert_old_state(state: Mapping[str, Any], num_samples: int, num_columns: int) -> dict[str, Any]:
+    """A format-1 checkpoint (no ``loss`` column) as format 2: its ``M + 2`` value rows
+    plus a ``loss`` row of ``NaN`` (never written). Anything malformed is left for
+    :func:`check_state` to name."""
+    values = state.get("values")
+    converted = dict(state)
+    converted["format"] = STATE_FORMAT
+    if isinstance(values, torch.Tensor) and values.dim() == 2 and tuple(values.shape) == (num_columns - 1, num_samples):
+        converted["values"] = torch.cat([values, values.new_full((1, num_samples), math.nan)])
+    elif isinstance(values, torch.Tensor):
+        raise ValueError(
+            f"state['values']: a {state.get('format')!r} checkpoint for this table has shape "
+            f"{[num_columns - 1, num_samples]}, got {list(values.shape)}"
+        )
+    return converted

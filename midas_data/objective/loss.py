@@ -57,6 +57,9 @@ class _Aligned:
     loss_uni: torch.Tensor
     loss_align: torch.Tensor
     confidences: torch.Tensor
+    # The fusion cross-entropy per row before any sample weight, detached: the stats
+    # table's ``loss`` column (what a pruning sampler scores samples by).
+    raw_loss_align: torch.Tensor | None = None
 
 
 @dataclass
@@ -309,7 +312,7 @@ class MidasObjective(nn.Module):
             "confidence": aligned.confidences.mean(dim=0),
             "warmup": warmup,
             "num_unpaired": int(num_unpaired),
-            "per_sample": {"confidence": aligned.confidences},
+            "per_sample": {"confidence": aligned.confidences, "loss": aligned.raw_loss_align},
         }
         if warmup:
             return self._warmup_loss(aligned, labels, diagnostics), diagnostics
@@ -401,10 +404,12 @@ class MidasObjective(nn.Module):
         labels: torch.Tensor,
         sample_weights: torch.Tensor | None,
     ) -> _Aligned:
-        """``L_uni`` and ``L_align`` per aligned row and the unimodal confidences, float32."""
+        """``L_uni`` and ``L_align`` per aligned row, the unimodal confidences and the
+        unweighted ``L_align`` (the table's ``loss`` column), float32."""
         parts = torch.stack([F.cross_entropy(lg.float(), labels, reduction="none") for lg in uni_logits], dim=1)
         loss_uni = parts.sum(dim=1) if self.variant == "paper" else parts.mean(dim=1)
         loss_align = F.cross_entropy(fusion_logits.float(), labels, reduction="none")
+        raw_loss_align = loss_align.detach()
         if sample_weights is not None:
             if sample_weights.shape != labels.shape:
                 raise ValueError(
@@ -415,7 +420,7 @@ class MidasObjective(nn.Module):
             loss_uni, loss_align = loss_uni * sample_weights, loss_align * sample_weights
         with torch.no_grad():
             confidences = MF.gather_confidences([lg.detach().float().softmax(dim=1) for lg in uni_logits], labels)
-        return _Aligned(loss_uni, loss_align, confidences)
+        return _Aligned(loss_uni, loss_align, confidences, raw_loss_align)
 
     def _warmup_loss(self, aligned: _Aligned, labels: torch.Tensor, diagnostics: dict[str, Any]) -> torch.Tensor:
         self._no_misaligned(labels, diagnostics)
