@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ACCURACY = "benchmarks/results/accuracy.md"
 STUDY = "benchmarks/results/study.md"
+SAVINGS = "benchmarks/results/feedback_savings.md"
 
 # (document, text as quoted there, source file, the source row (a regex) holding the same figures)
 QUOTES = [
@@ -23,6 +24,10 @@ QUOTES = [
     ("README.md", "(-2.6 and -7.1 points)", STUDY,
      r"image_noise=0\.7 \| midas \|[^\n]*\| -2\.6 \[-4\.9, -0\.3\] \|[^\n]*\n[^\n]*image_noise=1\.2 \| midas \|"
      r"[^\n]*\| -7\.1 \[-9\.5, -4\.8\] \|"),
+    ("README.md", "0.75 of the wall time for -0.10 test points [-1.04, +0.84]", SAVINGS,
+     r"\| joint \+ prune vs joint \| 0\.695 \| 0\.753 \|[^\n]*\| -0\.10 \[-1\.04, \+0\.84\] \(tie\)"),
+    ("README.md", "0.81 of the time for -0.61 points [-3.48, +2.26]", SAVINGS,
+     r"\| MIDAS \+ prune vs MIDAS \| 0\.754 \| 0\.813 \|[^\n]*\| -0\.61 \[-3\.48, \+2\.26\] \(tie\)"),
 ]  # fmt: skip
 
 
