@@ -38,7 +38,7 @@ from .diagnose import (
 )
 from .packing import pack_tensors, stackable
 
-__all__ = ["MidasCollate", "ModalityKeys", "plan_seed", "MODES"]
+__all__ = ["MidasCollate", "ModalityKeys", "as_label", "plan_seed", "MODES"]
 
 MODES = ("feature", "input")
 _U64 = 2**64 - 1
@@ -58,7 +58,10 @@ def plan_seed(seed: int, epoch: int, ids: Sequence[int]) -> int:
     return int.from_bytes(digest.digest(), "little") >> 1
 
 
-def _as_label(value: Any, sample_id: int, key: Key) -> int:
+def as_label(value: Any, sample_id: int, key: Key) -> int:
+    """``value`` as an integer class id, or a :class:`MidasDataError` naming the sample and
+    key (a string, float, bool or vector is never silently converted). Shared with the
+    stream stage's per-sample reader."""
     if type(value) is int:  # the common case, checked first: this runs once per sample
         return value
     if isinstance(value, bool) or isinstance(value, np.bool_):
@@ -292,7 +295,7 @@ class MidasCollate:
         return extras
 
     def _label(self, sample_id: int, item: Any) -> int:
-        return _as_label(self._field(sample_id, item, self.label_key, "label"), sample_id, self.label_key)
+        return as_label(self._field(sample_id, item, self.label_key, "label"), sample_id, self.label_key)
 
     def _collate_modality(self, name: str, samples: list[tuple[int, Any]], values: list[Any]) -> Any:
         collate = self.modality_collate.get(name, default_collate)
