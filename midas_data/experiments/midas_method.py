@@ -110,16 +110,8 @@ class PrioritisedMidasMethod(MidasMethod):
         self.sampler: Any = None
 
     def train_loader(self, dataset: Dataset, modalities: Sequence[str], config: TrainConfig) -> DataLoader:
-        self.stats = StatsTable(len(dataset), tuple(modalities), dtype=torch.float32)
-        loader = midas_loader(
-            dataset,
-            tuple(modalities),
-            "label",
-            batch_size=config.batch_size,
-            seed=config.seed,
-            policy=_sampler_policy(self.policy, self.prune, config),
-            floor=self.floor,
-            stats=self.stats,
+        loader, self.stats = _loader_with_table(
+            dataset, modalities, config, policy=_sampler_policy(self.policy, self.prune, config), floor=self.floor
         )
         self.sampler = loader.batch_sampler
         return loader
@@ -148,15 +140,8 @@ class PrunedJointTraining(Method):
         self.sampler: Any = None
 
     def train_loader(self, dataset: Dataset, modalities: Sequence[str], config: TrainConfig) -> DataLoader:
-        self.stats = StatsTable(len(dataset), tuple(modalities), dtype=torch.float32)
-        loader = midas_loader(
-            dataset,
-            tuple(modalities),
-            "label",
-            batch_size=config.batch_size,
-            seed=config.seed,
-            policy=_sampler_policy("prune", self.prune, config),
-            stats=self.stats,
+        loader, self.stats = _loader_with_table(
+            dataset, modalities, config, policy=_sampler_policy("prune", self.prune, config)
         )
         self.sampler = loader.batch_sampler
         return loader
@@ -170,3 +155,14 @@ class PrunedJointTraining(Method):
 
     def after_step(self, batch: MidasBatch, info: Mapping[str, Any]) -> None:
         self.stats.update(batch.ids, info["per_sample"])
+
+
+def _loader_with_table(
+    dataset: Dataset, modalities: Sequence[str], config: TrainConfig, **sampler: Any
+) -> tuple[DataLoader, StatsTable]:
+    """A MIDAS loader whose sampler reads a fresh float32 stats table (the methods feed it)."""
+    table = StatsTable(len(dataset), tuple(modalities), dtype=torch.float32)
+    loader = midas_loader(
+        dataset, tuple(modalities), "label", batch_size=config.batch_size, seed=config.seed, stats=table, **sampler
+    )
+    return loader, table
