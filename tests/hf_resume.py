@@ -107,7 +107,8 @@ def main() -> None:
     for name, run in runs.items():
         result = {"steps": run.seen, "alpha": run.objective.alpha.tolist(), "table": run.stats.values.float().tolist()}
         (out / f"{name}-rank{rank}.json").write_text(json.dumps(result))
-    print(json.dumps({"rank": rank, "steps": len(straight.seen)}), flush=True)
+    if rank == 0:  # one line from one process (torchrun waits for both before it returns)
+        print(json.dumps({"steps": len(straight.seen)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -156,8 +157,17 @@ def main() -> None:
     rank = int(os.environ.get("LOCAL_RANK", 0))
     for name, (module, record) in runs.items():
         result = {"steps": record.steps, "digest": weights_digest(module), "alpha": module.objective.alpha.tolist()}
-        (out / f"{name}-rank{rank}.json").write_text(json.dumps(result))
-    print(json.dumps({"rank": rank, "runs": sorted(runs)}), flush=True)
+        partial = out / f"{name}-rank{rank}.json.part"
+        partial.write_text(json.dumps(result))
+        partial.replace(out / f"{name}-rank{rank}.json")
+    if rank == 0:
+        # Lightning's second process writes its own files; report once they are all there
+        # (one line, from one process: two processes' lines could interleave).
+        expected = [out / f"{name}-rank{r}.json" for name in runs for r in range(args.devices)]
+        deadline = time.monotonic() + 120
+        while not all(path.is_file() for path in expected) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        print(json.dumps({"ranks": args.devices, "runs": sorted(runs)}), flush=True)
 
 
 if __name__ == "__main__":
