@@ -100,7 +100,7 @@ def test_attach_steps_alpha_once_per_optimizer_step_from_the_summed_statistic():
     model = make_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     objective = MidasObjective(3, MODS)
-    objective.attach(optimizer)
+    handle = objective.attach(optimizer)
     manual = WeakModalityController(2)
     for step in range(3):
         totals = []
@@ -122,6 +122,13 @@ def test_attach_steps_alpha_once_per_optimizer_step_from_the_summed_statistic():
         manual.weights.copy_(expected)
         assert int(objective.controller.steps) == step + 1
         assert torch.allclose(objective.alpha, expected)
+    # Detached, alpha steps at every call again and the optimizer's step no longer moves it.
+    objective.detach(handle)
+    batch = make_batch(seed=99)
+    objective(model(batch.inputs), batch, model=model)
+    assert int(objective.controller.steps) == 4
+    optimizer.step()
+    assert int(objective.controller.steps) == 4
 
 
 @pytest.mark.parametrize("variant, rule", [("reference", "different_label"), ("paper", "any")])

@@ -166,9 +166,8 @@ class MidasCallback(pl.Callback):
 
     def _detach(self) -> None:
         for handle in self._hooks:
-            handle.remove()
-            if self.objective is not None and handle in self.objective._attached:
-                self.objective._attached.remove(handle)
+            if self.objective is not None:
+                self.objective.detach(handle)
         self._hooks = []
 
     def on_train_batch_start(

@@ -136,8 +136,7 @@ class MidasTrainer(Trainer):
         optimizer = super().create_optimizer(*args, **kwargs)
         if self._alpha_hook is None or self._alpha_hook[0] is not optimizer:
             if self._alpha_hook is not None:
-                self._alpha_hook[1].remove()
-                self.objective._attached.remove(self._alpha_hook[1])
+                self.objective.detach(self._alpha_hook[1])
             self._alpha_hook = (optimizer, self.objective.attach(optimizer))
         return optimizer
 

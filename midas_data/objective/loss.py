@@ -201,6 +201,11 @@ class MidasObjective(nn.Module):
         self._attached.append(handle)
         return handle
 
+    def detach(self, handle: Any) -> None:
+        """Undo :meth:`attach` (with no optimizer left, alpha steps once per batch again)."""
+        handle.remove()
+        self._attached = [attached for attached in self._attached if attached is not handle]
+
     def step_alpha(self) -> torch.Tensor:
         """Move alpha once from the statistics gathered since the last step (called by an
         attached optimizer's step); returns alpha."""
@@ -321,8 +326,9 @@ class MidasObjective(nn.Module):
         if learning:
             self._misaligned_tally.count(self.epoch, int(plan.shape[0]), diagnostics)
         stepping = learning and update_alpha and self.weak_modality_weighting
+        step_key = batch if batch is not None else labels  # what "the same batch again" means
         if stepping:
-            self._rewind_if_repeated(batch if batch is not None else labels)
+            self._rewind_if_repeated(step_key)
         if plan.shape[0] == 0:
             self._no_misaligned(labels, diagnostics)
             diagnostics["loss_mis"] = loss.new_zeros(())
@@ -332,7 +338,7 @@ class MidasObjective(nn.Module):
                 totals = self.controller.statistic(
                     empty, empty, aligned_confidences=aligned.confidences, fusion_source_probs=empty
                 )
-                self._controller_step(totals, batch if batch is not None else labels)
+                self._controller_step(totals, step_key)
             return loss, diagnostics
 
         mis = self._misaligned_terms(features, plan, anchors, labels, aligned.confidences, fuse, misaligned_logits)
@@ -356,7 +362,7 @@ class MidasObjective(nn.Module):
             loss_mis = loss_rows.mean()
         loss = loss + self.lam * loss_mis
         if totals is not None:
-            self._controller_step(totals, batch if batch is not None else labels)
+            self._controller_step(totals, step_key)
         diagnostics.update(
             {
                 "loss_mis": loss_mis.detach(),
@@ -473,24 +479,22 @@ class MidasObjective(nn.Module):
             return self.controller.alpha_for(self.controller.weak_from(sums)).to(device)
         return self.controller.alpha.to(device)
 
+    def _repeats_last_batch(self, key: Any) -> bool:
+        """Whether ``key`` is the batch of alpha's last step (alive, so not a reused id)."""
+        return self._last_batch is not None and self._last_batch() is key and self._before_step is not None
+
     def _rewind_if_repeated(self, key: Any) -> None:
-        """A second call with the batch of alpha's last step (an optimizer closure) undoes
-        that step, so the batch moves alpha once, by its latest statistic."""
-        if self._attached:
-            return
-        last = self._last_batch() if self._last_batch is not None else None
-        if last is key and self._before_step is not None:
-            for buffer, saved in zip(self._controller_buffers(), self._before_step):
+        """A second call with the last step's batch (a closure) undoes that step: one per batch."""
+        if not self._attached and self._repeats_last_batch(key):
+            for buffer, saved in zip(self._controller_buffers(), self._before_step):  # type: ignore[arg-type]
                 buffer.copy_(saved)
 
     def _controller_step(self, totals: torch.Tensor, key: Any) -> None:
         """Gather this call's statistic; step alpha now unless an attached optimizer will."""
-        if self._attached:
-            self.controller.accumulate(totals)
-            return
         self.controller.accumulate(totals)
-        last = self._last_batch() if self._last_batch is not None else None
-        if last is not key or self._before_step is None:
+        if self._attached:
+            return
+        if not self._repeats_last_batch(key):
             self._before_step = tuple(b.clone() for b in self._controller_buffers())
         self.controller.step()
         self._last_batch = weakref.ref(key)
