@@ -102,14 +102,12 @@ class MidasDataLoader(_CountsPasses, DataLoader):
         if not isinstance(sampler, MidasBatchSampler):
             raise TypeError("MidasDataLoader.state_dict: the batch sampler is not a MidasBatchSampler")
         state = sampler.state_dict()
-        cursor = sampler.cursor
-        if state["planned"] and cursor.loader_pass_open and cursor.began_in_loader_pass:
+        received = sampler.cursor.caller_position()
+        if state["planned"] and received is not None:
             # With workers the sampler runs ahead of the caller: save what the caller got.
-            position = cursor.start + cursor.delivered
-            state["yielded"] = position
             # As torchdata's loader: after the last batch but before the caller saw the end,
             # the next pass is the (empty) rest of this epoch; after the end, the next epoch.
-            state["exhausted"] = cursor.caller_ended
+            state["yielded"], state["exhausted"] = received
         return {"format": _LOADER_FORMAT, "sampler": state}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -158,6 +158,13 @@ class EpochCursor:
     def caller_reached_end(self) -> None:
         self.caller_ended = True
 
+    def caller_position(self) -> tuple[int, bool] | None:
+        """``(position, ended)`` of the open loader pass as the caller received it (the
+        sampler runs ahead of it with workers), or ``None`` when no pass of this loader began."""
+        if not (self.loader_pass_open and self.began_in_loader_pass):
+            return None
+        return self.start + self.delivered, self.caller_ended
+
     # -- checkpoints --------------------------------------------------------------------------
     def restore(self, epoch: int, saved: SavedPosition | None) -> None:
         """A checkpoint taken during (``saved``) or after (``None``) a pass of ``epoch``: the
