@@ -38,7 +38,7 @@ FEATURE_DIM = 16
 C = 4  # classes
 N = 128  # samples: 4 batches of 32 per epoch
 BATCH = 32
-EPOCHS = 3
+EPOCHS = 5
 WARMUP = 1
 LEVELS = ("feature", "input")
 
@@ -60,9 +60,8 @@ def make_model(seed: int = 0) -> LateFusionClassifier:
 
 
 def make_loader(level: str, num_workers: int = 0):
-    return midas_loader(
-        make_items(), MODALITIES, "label", batch_size=BATCH, mode=level, num_workers=num_workers, num_classes=C
-    )
+    workers = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
+    return midas_loader(make_items(), MODALITIES, "label", batch_size=BATCH, mode=level, num_classes=C, **workers)
 
 
 def record_head_dtypes(model: LateFusionClassifier) -> set[torch.dtype]:
@@ -217,7 +216,7 @@ def test_accelerate_mixed_precision(level, precision, fresh_accelerate_state):
     model = make_model()
     head_dtypes = record_head_dtypes(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    loader = make_loader(level)  # the global sampler, as the docs say for Accelerate
+    loader = make_loader(level, num_workers=2)  # the global sampler, as the docs say for Accelerate
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     objective = MidasObjective(C, MODALITIES, warmup_epochs=WARMUP)
 
