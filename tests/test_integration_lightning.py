@@ -232,7 +232,7 @@ def test_two_ddp_processes_share_epochs_once_with_one_alpha(tmp_path):
 
 
 def test_alpha_takes_one_step_per_optimizer_step_under_accumulate_grad_batches():
-    module = Module()
+    module = Module(num_workers=2, persistent_workers=True)
     rows_per_step = []
     original = module.objective.step_alpha
 
@@ -241,11 +241,11 @@ def test_alpha_takes_one_step_per_optimizer_step_under_accumulate_grad_batches()
         return original()
 
     module.objective.step_alpha = recording_step
-    trainer = fit(module, 3, accumulate_grad_batches=2)
+    trainer = fit(module, 5, accumulate_grad_batches=2)
     # 6 batches of 8 an epoch, 3 optimizer steps: alpha stepped at each optimizer step only,
     # from both micro-batches' misaligned rows (2 x 16) after the warm-up epoch.
-    assert trainer.global_step == 9 == len(rows_per_step) == int(module.objective.controller.steps)
-    assert rows_per_step == [0, 0, 0] + [32] * 6
+    assert trainer.global_step == 15 == len(rows_per_step) == int(module.objective.controller.steps)
+    assert rows_per_step == [0, 0, 0] + [32] * 12
 
 
 def test_a_trainer_without_midas_callback_warns_once():

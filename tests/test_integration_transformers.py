@@ -103,7 +103,9 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
 
 
 def test_alpha_takes_one_step_per_optimizer_step_under_accumulation(tmp_path):
-    t = trainer(tmp_path, epochs=3, gradient_accumulation_steps=2)
+    t = trainer(
+        tmp_path, epochs=5, gradient_accumulation_steps=2, dataloader_num_workers=2, dataloader_persistent_workers=True
+    )
     changes = []
     original = t.objective.step_alpha
 
@@ -116,7 +118,7 @@ def test_alpha_takes_one_step_per_optimizer_step_under_accumulation(tmp_path):
     t.objective.step_alpha = recording_step
     run(t)
     micro_batches = len(t.seen)
-    assert micro_batches == 15 and t.state.global_step == 9
+    assert micro_batches == 25 and t.state.global_step == 15
     # One controller step per optimizer step (warm-up steps gather nothing and leave alpha).
     assert len(changes) == t.state.global_step == int(t.objective.controller.steps)
     assert any(changes) and t.objective.alpha.max() > 1
