@@ -15,6 +15,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from .data.batch import MidasBatch
 from .data.collate import CollateFn, Key, MidasCollate, ModalityKeys
 from .data.dataset import MidasDataset
 from .feedback.epochs import EpochCursor
@@ -34,11 +35,18 @@ class _CountingIterator:
     after ``iter``) would get batches planned for the wrong epoch.
     """
 
-    def __init__(self, start: Callable[[], Iterator[Any]], cursor: EpochCursor, length: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        start: Callable[[], Iterator[Any]],
+        cursor: EpochCursor,
+        length: Callable[[], int],
+        weigh: Callable[[Any], None] | None = None,
+    ) -> None:
         self._start = start
         self._batches: Iterator[Any] | None = None
         self._cursor = cursor
         self._length = length
+        self._weigh = weigh
 
     def _started(self) -> Iterator[Any]:
         if self._batches is None:
@@ -55,6 +63,8 @@ class _CountingIterator:
             self._cursor.caller_reached_end()
             raise
         self._cursor.batch_delivered()
+        if self._weigh is not None:
+            self._weigh(batch)
         return batch
 
     def __len__(self) -> int:
@@ -80,7 +90,24 @@ class _CountsPasses:
             return super().__iter__()  # type: ignore[misc]
         cursor.loader_pass()  # before the iterator: with workers, it starts the sampler's pass
         make = super().__iter__
-        return _CountingIterator(make, cursor, lambda: len(self))  # type: ignore[arg-type]
+        weigh = _importance_weigher(self.batch_sampler)  # type: ignore[attr-defined]
+        return _CountingIterator(make, cursor, lambda: len(self), weigh)  # type: ignore[arg-type]
+
+
+def _importance_weigher(sampler: Any) -> Callable[[Any], None] | None:
+    """Under a policy other than ``uniform``: a function that puts the sampler's importance
+    weights of each delivered batch into ``batch.extras["importance_weights"]``, where
+    :class:`~midas_data.MidasObjective` finds them. It runs in the main process as the
+    caller receives the batch, while the sampler still holds that batch's epoch plan
+    (workers fetch indices ahead, but the next plan is made only when the next pass starts)."""
+    if getattr(sampler, "policy", "uniform") == "uniform" or not hasattr(sampler, "importance_weights"):
+        return None
+
+    def weigh(batch: Any) -> None:
+        if isinstance(batch, MidasBatch) and "importance_weights" not in batch.extras:
+            batch.extras["importance_weights"] = sampler.importance_weights(batch.ids)
+
+    return weigh
 
 
 _LOADER_FORMAT = "midas_data.MidasDataLoader/1"

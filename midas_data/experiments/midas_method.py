@@ -120,7 +120,10 @@ class PrioritisedMidasMethod(MidasMethod):
         if self.sampler is None:
             raise RuntimeError(f"{self.name}: call train_loader() first; the loss needs its sampler's weights")
         output = model(batch.inputs)
-        weights = self.sampler.importance_weights(batch.ids) if self.use_importance_weights else None
+        if self.use_importance_weights:
+            weights = self.sampler.importance_weights(batch.ids)
+        else:  # explicit ones: the objective would otherwise take the weights the batch carries
+            weights = torch.ones(batch.labels.shape, device=batch.labels.device)
         return self.objective(output, batch, fuse=model.fuse, sample_weights=weights)
 
     def after_step(self, batch: MidasBatch, info: Mapping[str, Any]) -> None:

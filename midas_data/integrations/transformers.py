@@ -163,6 +163,11 @@ class MidasTrainer(Trainer):
         """The MIDAS loss on a training :class:`MidasBatch`; the fusion head's cross-entropy on
         the Trainer's own (evaluation) batches."""
         if isinstance(inputs, MidasBatch):
+            sampler = self.midas_sampler
+            if sampler is not None and sampler.policy != "uniform" and "importance_weights" not in inputs.extras:
+                # Accelerate serves the batches through its own loader, past midas_loader's
+                # iterator that attaches them elsewhere; the sampler holds this epoch's plan.
+                inputs.extras["importance_weights"] = sampler.importance_weights(inputs.ids)
             batch = inputs.to(self.args.device)
             loss, diagnostics = midas_loss(self.objective, model, batch)
             self._feed_back(batch, diagnostics)

@@ -20,7 +20,14 @@ from ..data.diagnose import nonfinite_inputs
 from ..errors import MidasDataError, MidasDataWarning
 from ..models import unwrap_model
 
-__all__ = ["validate_step", "check_feature_dtypes", "check_state_modalities", "fusion_head", "MisalignedTally"]
+__all__ = [
+    "validate_step",
+    "check_feature_dtypes",
+    "check_state_modalities",
+    "fusion_head",
+    "unpack_batch",
+    "MisalignedTally",
+]
 
 Fuse = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -175,3 +182,44 @@ def fusion_head(model: torch.nn.Module) -> Fuse:
             "fuse=..., or use input-level batches and misaligned_logits=..."
         )
     return fuse
+
+
+def unpack_batch(
+    batch: MidasBatch | None,
+    labels: torch.Tensor | None,
+    plan: torch.Tensor | None,
+    num_unpaired: int,
+    sample_weights: torch.Tensor | None,
+    modalities: tuple[str, ...],
+    variant: str,
+    rule: str,
+) -> tuple[torch.Tensor, torch.Tensor | None, int, torch.Tensor | None]:
+    """Labels, plan, unpaired count and importance weights from a batch (checked against
+    the objective's ``modalities`` and its ``variant``'s pairing ``rule``) or as given. Weights passed
+    explicitly win over the batch's ``extras["importance_weights"]``."""
+    if batch is not None:
+        if labels is not None or plan is not None:
+            raise ValueError("pass either batch or labels/plan, not both")
+        labels, plan, num_unpaired = batch.labels, batch.plan, batch.num_unpaired
+        if tuple(batch.modalities) != modalities:
+            raise ValueError(
+                f"batch.modalities {tuple(batch.modalities)} differ from the objective's {modalities}; the plan's "
+                "columns follow the loader's order: give midas_loader and MidasObjective the same modality order"
+            )
+        planned = getattr(batch, "rule", "")
+        if planned and planned != rule:
+            raise ValueError(
+                f"MidasObjective(variant={variant!r}) pairs with rule={rule!r}, but this batch was planned with "
+                f"rule={planned!r}: pass midas_loader(..., rule={rule!r}) or the other variant"
+            )
+        if sample_weights is None:
+            carried = batch.extras.get("importance_weights") if isinstance(batch.extras, Mapping) else None
+            if carried is not None and not isinstance(carried, torch.Tensor):
+                raise TypeError(
+                    f"batch.extras['importance_weights']: expected a float tensor [B] of importance weights, "
+                    f"got {type(carried).__name__} (an item key named 'importance_weights' collides with it)"
+                )
+            sample_weights = carried
+    if labels is None:
+        raise ValueError("labels: required (or pass a MidasBatch)")
+    return labels, plan, num_unpaired, sample_weights

@@ -39,7 +39,14 @@ from ..controller import VARIANTS, WeakModalityController
 from ..data.batch import MidasBatch
 from ..distributed import is_distributed
 from ..models import MultimodalOutput
-from .checks import MisalignedTally, check_feature_dtypes, check_state_modalities, fusion_head, validate_step
+from .checks import (
+    MisalignedTally,
+    check_feature_dtypes,
+    check_state_modalities,
+    fusion_head,
+    unpack_batch,
+    validate_step,
+)
 
 __all__ = ["MidasObjective"]
 
@@ -272,9 +279,13 @@ class MidasObjective(nn.Module):
         sampler (``loader.batch_sampler.importance_weights(batch.ids)``): each aligned
         row's loss is multiplied by its weight and each misaligned row's by the product of
         its distinct sources' weights, which keeps the expected loss that of uniform
-        sampling. ``None`` means uniform sampling. ``update_alpha=False`` leaves alpha alone.
+        sampling. ``None``: the batch's ``extras["importance_weights"]`` when it carries them
+        (``midas_loader`` under a policy other than ``uniform``, the streaming stage), else
+        uniform sampling. ``update_alpha=False`` leaves alpha alone.
         """
-        labels, plan, num_unpaired = self._unpack(batch, labels, plan, num_unpaired)
+        labels, plan, num_unpaired, sample_weights = unpack_batch(
+            batch, labels, plan, num_unpaired, sample_weights, self.modalities, self.variant, _RULE_OF_VARIANT[self.variant]
+        )
         learning = self.learning
         if learning and batch is not None:
             self._follow(batch)
@@ -378,31 +389,6 @@ class MidasObjective(nn.Module):
         return loss, diagnostics
 
     # -- the named parts of a step -------------------------------------------------------
-    def _unpack(
-        self, batch: MidasBatch | None, labels: torch.Tensor | None, plan: torch.Tensor | None, num_unpaired: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """Labels, plan and unpaired count from a batch (checked) or as given."""
-        if batch is not None:
-            if labels is not None or plan is not None:
-                raise ValueError("pass either batch or labels/plan, not both")
-            labels, plan, num_unpaired = batch.labels, batch.plan, batch.num_unpaired
-            if tuple(batch.modalities) != self.modalities:
-                raise ValueError(
-                    f"batch.modalities {tuple(batch.modalities)} differ from the objective's {self.modalities}; "
-                    "the plan's columns follow the loader's order: give midas_loader and MidasObjective the same "
-                    "modality order"
-                )
-            rule = getattr(batch, "rule", "")
-            if rule and rule != _RULE_OF_VARIANT[self.variant]:
-                raise ValueError(
-                    f"MidasObjective(variant={self.variant!r}) pairs with rule={_RULE_OF_VARIANT[self.variant]!r}, "
-                    f"but this batch was planned with rule={rule!r}: pass midas_loader(..., "
-                    f"rule={_RULE_OF_VARIANT[self.variant]!r}) or the other variant"
-                )
-        if labels is None:
-            raise ValueError("labels: required (or pass a MidasBatch)")
-        return labels, plan, num_unpaired
-
     def _aligned_terms(
         self,
         uni_logits: list[torch.Tensor],
@@ -422,7 +408,7 @@ class MidasObjective(nn.Module):
                     f"sample_weights: expected shape {list(labels.shape)} (one per aligned row), "
                     f"got {list(sample_weights.shape)}"
                 )
-            sample_weights = sample_weights.detach().float()
+            sample_weights = sample_weights.detach().to(labels.device, torch.float32, non_blocking=True)
             loss_uni, loss_align = loss_uni * sample_weights, loss_align * sample_weights
         with torch.no_grad():
             confidences = MF.gather_confidences([lg.detach().float().softmax(dim=1) for lg in uni_logits], labels)
