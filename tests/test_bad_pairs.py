@@ -103,3 +103,54 @@ def test_injection_swaps_audio_across_classes_and_keeps_labels():
     scores[injected[:8]] = 1.0
     flagged = top_share(scores, 0.05)
     assert precision_recall(flagged, injected) == (0.8, 0.8)
+
+
+def test_score_history_averages_each_sample_over_the_epochs_it_was_known():
+    from midas_data.feedback import ScoreHistory
+
+    table = StatsTable(3, MODALITIES, dtype=torch.float32)
+    history = ScoreHistory(table, by="loss")
+    table.update(torch.tensor([0, 1]), loss=torch.tensor([1.0, 4.0]))
+    history.record()
+    table.update(torch.tensor([0, 1]), loss=torch.tensor([3.0, 0.0]))
+    history.record()
+    assert history.records == 2
+    mean = history.scores()
+    assert mean[:2].tolist() == [2.0, 2.0] and math.isnan(float(mean[2]))  # sample 2 never known
+    table.update(torch.tensor([2]), loss=torch.tensor([9.0]))
+    history.record()
+    # 0 and 1 keep their last loss (3 and 0) in the third record; 2 counts once.
+    assert history.scores().tolist() == [pytest.approx(7 / 3), pytest.approx(4 / 3), 9.0]
+    top = history.suspicious(2)
+    assert top["ids"].tolist() == [2, 0] and top["by"] == "mean loss"
+    assert float(top["loss"][0]) == 9.0  # the table's latest statistics beside the mean
+
+
+def test_score_history_finds_a_pair_that_the_last_epoch_forgot():
+    """A bad pair the heads have fitted by the last epoch still stands out on average."""
+    from midas_data.feedback import ScoreHistory
+
+    table = small_table()
+    history = ScoreHistory(table, by="surprise")
+    history.record()  # sample 4: the audio head at 0.01 on its label
+    table.update(torch.tensor([4]), confidence=torch.tensor([[0.6, 0.9]]))  # fitted at last
+    history.record()
+    assert table.suspicious(1)["ids"].tolist() != [4]
+    assert history.suspicious(1)["ids"].tolist() == [4]
+
+
+def test_score_history_checkpoints_and_checks_what_it_loads():
+    from midas_data.feedback import ScoreHistory
+
+    table = small_table()
+    history = ScoreHistory(table, by="surprise")
+    history.record()
+    again = ScoreHistory(table, by="surprise")
+    again.load_state_dict(history.state_dict())
+    assert torch.allclose(again.scores(), history.scores(), rtol=0, atol=0, equal_nan=True) and again.records == 1
+    with pytest.raises(ValueError, match="'loss', not 'surprise'"):
+        again.load_state_dict({**history.state_dict(), "by": "loss"})
+    with pytest.raises(ValueError, match="3 samples, the table 7"):
+        again.load_state_dict({**history.state_dict(), "sum": torch.zeros(3), "count": torch.zeros(3)})
+    with pytest.raises(ValueError, match="unknown"):
+        ScoreHistory(table, by="no such score")

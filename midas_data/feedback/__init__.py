@@ -5,11 +5,12 @@ step's statistics, ``stats.py`` is the table with its validated updates and chec
 ``sync.py`` all-gathers statistics across ranks, ``planning.py`` turns a stats snapshot
 into an epoch plan (pure functions), ``prune.py`` makes the plans of ``policy="prune"``,
 ``sampler.py`` serves a plan as index batches and ``readout.py`` reads the table for
-people (suspicious samples, CSV, pandas).
+people (suspicious samples, CSV, pandas), ``history.py`` averages a score over epochs.
 Nothing here builds batches or knows the objective.
 """
 
 from .columns import STATISTICS, pack_statistics
+from .history import ScoreHistory
 from .planning import POLICIES, EpochPlan, plan_from_snapshot
 from .prune import PrunePolicy, prune_plan
 from .sampler import SAMPLER_POLICIES, DistributedMidasBatchSampler, MidasBatchSampler, shared_epoch
@@ -19,6 +20,7 @@ from .sync import all_gather_rows, is_distributed, sync_stats
 
 __all__ = [
     "StatsTable",
+    "ScoreHistory",
     "StatsStorageWarning",
     "SharedBuffer",
     "STATS_DTYPES",

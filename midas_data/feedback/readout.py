@@ -30,7 +30,17 @@ import torch
 if TYPE_CHECKING:
     from .stats import StatsTable
 
-__all__ = ["SCORES", "TableReadout", "column", "score", "suspicious", "to_csv", "to_dataframe"]
+__all__ = [
+    "SCORES",
+    "TableReadout",
+    "column",
+    "relative_surprise",
+    "score",
+    "suspicious",
+    "to_csv",
+    "to_dataframe",
+    "top_k",
+]
 
 SCORES = ("mismatch", "surprise", "disagreement", "loss", "misaligned_loss", "similarity")
 _TINY = 1e-6
@@ -62,27 +72,37 @@ def score(table: StatsTable, by: str = "mismatch") -> torch.Tensor:
         c = table.confidence.float()
         if by == "disagreement":
             return c.max(dim=0).values - c.min(dim=0).values  # NaN anywhere gives NaN
-        surprise = -c.clamp_min(_TINY).log()
-        seen = ~surprise.isnan()
-        mean = surprise.nan_to_num(0.0).sum(dim=1) / seen.sum(dim=1).clamp_min(1)
-        return (surprise / mean.clamp_min(_TINY).unsqueeze(1)).max(dim=0).values
+        return relative_surprise(c)
     if by.startswith("doubt:"):
         return 1.0 - table.confidence[table.modality_index(_modality(by))].float()
     return column(table, by).float()
+
+
+def relative_surprise(confidence: torch.Tensor) -> torch.Tensor:
+    """The ``"surprise"`` score of ``[M, N]`` unimodal confidences (``NaN`` = unknown):
+    ``max_m S^m_i / mean_j S^m_j`` with ``S^m_i = -log c^m_i``; ``[N]`` float32."""
+    surprise = -confidence.float().clamp_min(_TINY).log()
+    seen = ~surprise.isnan()
+    mean = surprise.nan_to_num(0.0).sum(dim=1) / seen.sum(dim=1).clamp_min(1)
+    return (surprise / mean.clamp_min(_TINY).unsqueeze(1)).max(dim=0).values
+
+
+def top_k(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Ids of the ``k`` highest known (non-``NaN``) ``values``, highest first; equal values
+    keep the smaller id first. Fewer than ``k`` when fewer are known."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k: expected a non-negative int, got {k!r}")
+    known = (~values.isnan()).nonzero().squeeze(1)
+    order = torch.sort(values[known], descending=True, stable=True).indices[: min(k, int(known.numel()))]
+    return known[order]
 
 
 def suspicious(table: StatsTable, k: int, by: str = "mismatch") -> dict[str, Any]:
     """The ``k`` samples with the highest ``by`` score, highest first (unknown scores never
     count): ``{"ids" [k] int64, "score" [k], "by", **table.read(ids)}``. Ties keep the
     smaller id first."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"k: expected a non-negative int, got {k!r}")
     values = score(table, by)
-    known = (~values.isnan()).nonzero().squeeze(1)
-    k = min(k, int(known.numel()))
-    # Stable descending order: equal scores keep ascending ids.
-    order = torch.sort(values[known], descending=True, stable=True).indices[:k]
-    ids = known[order]
+    ids = top_k(values, k)
     return {"ids": ids, "score": values[ids], "by": by, **table.read(ids)}
 
 
