@@ -38,6 +38,7 @@ __all__ = [
     "misaligned_loss",
     "swap_features",
     "pair_importance_weights",
+    "PAIR_WEIGHTINGS",
 ]
 
 PARTNER_RULES = ("different_label", "any")
@@ -362,21 +363,34 @@ def misaligned_loss(
     return weights.detach().to(per_row.dtype) * per_row
 
 
-def pair_importance_weights(sample_weights: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+def pair_importance_weights(sample_weights: torch.Tensor, plan: torch.Tensor, how: str = "product") -> torch.Tensor:
     """Importance weights of misaligned rows ``[K]`` from those of the batch rows ``[B]``.
 
-    A misaligned row is a function of its distinct source samples, each drawn with
-    probability ``p``; relative to uniform draws its weight is the product of their
-    ``1 / (N p)``. (Exact up to the within-batch partner draw, which is uniform among the
-    batch's other-class rows under every policy.)
+    ``"product"``: a misaligned row is a function of its distinct source samples, each
+    drawn with probability ``p``; relative to uniform draws its weight is the product of
+    their ``1 / (N p)``. (Exact up to the within-batch partner draw, which is uniform among
+    the batch's other-class rows under every policy.) ``"mean"``: the mean of the distinct
+    sources' weights, i.e. the row's loss shared equally among its sources, each share
+    weighted by its own source's weight: unbiased per source when every kept sample
+    sources about as many rows (pruning keeps or skips samples, and a kept one is paired
+    as often as any), and never above the largest weight, where the product grows as its
+    power (weight 3 on two sources: 9).
     """
     if plan.dim() != 2:
         raise ValueError(f"plan: expected shape [K, M], got {tuple(plan.shape)}")
+    if how not in PAIR_WEIGHTINGS:
+        raise ValueError(f"how: expected one of {PAIR_WEIGHTINGS}, got {how!r}")
     rows, _ = plan.sort(dim=1)
     weights = sample_weights[rows]
     repeated = torch.zeros_like(rows, dtype=torch.bool)
     repeated[:, 1:] = rows[:, 1:] == rows[:, :-1]
+    if how == "mean":
+        distinct = (~repeated).sum(dim=1)
+        return weights.masked_fill(repeated, 0.0).sum(dim=1) / distinct.to(weights.dtype)
     return weights.masked_fill(repeated, 1.0).prod(dim=1)
+
+
+PAIR_WEIGHTINGS = ("product", "mean")
 
 
 def swap_features(features: Sequence[torch.Tensor], plan: torch.Tensor) -> list[torch.Tensor]:

@@ -327,3 +327,13 @@ def test_pair_importance_weights_count_each_distinct_source_once():
     weights = torch.tensor([1.0, 2.0, 3.0])
     plan = torch.tensor([[0, 1], [2, 2], [1, 2]])
     assert torch.allclose(MF.pair_importance_weights(weights, plan), torch.tensor([2.0, 3.0, 6.0]))
+
+
+def test_mean_pair_weighting_shares_a_row_among_its_distinct_sources():
+    weights = torch.tensor([1.0, 2.0, 3.0])
+    plan = torch.tensor([[0, 1], [2, 2], [1, 2]])
+    assert torch.allclose(MF.pair_importance_weights(weights, plan, "mean"), torch.tensor([1.5, 3.0, 2.5]))
+    with pytest.raises(ValueError, match="how: expected one of"):
+        MF.pair_importance_weights(weights, plan, "max")
+    with pytest.raises(ValueError, match="pair_weighting: expected one of"):
+        MidasObjective(3, MODS, pair_weighting="sum")

@@ -19,6 +19,8 @@ MethodFactory = Callable[[int, Sequence[str], Mapping[str, Any]], Method]
 def _midas(name: str, **fixed: Any) -> MethodFactory:
     def factory(num_classes: int, modalities: Sequence[str], options: Mapping[str, Any]) -> Method:
         kwargs = {"warmup_epochs": options.get("warmup_epochs", 2), "lam": options.get("lam", 1.0), **fixed}
+        if "pair_weighting" in options:
+            kwargs["pair_weighting"] = options["pair_weighting"]
         policy = kwargs.pop("policy", None)
         if kwargs.pop("input_level", False):
             return InputLevelMidasMethod(num_classes, modalities, name=name, **kwargs)

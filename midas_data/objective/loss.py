@@ -111,6 +111,11 @@ class MidasObjective(nn.Module):
             ``torch.distributed`` (one all-reduce per step, no host synchronisation; a no-op
             without a process group), so alpha is one value on every rank.
         process_group: the group to sync alpha over; ``None`` is the default group.
+        pair_weighting: the importance weight of a misaligned row from its sources' weights:
+            ``"product"`` (default; exact when sources are drawn independently, as by the
+            prioritised policies) or ``"mean"`` (each source's share of the row weighted by
+            its own weight; bounded by the largest weight, for pruning with large weights),
+            see :func:`~midas_data.functional.pair_importance_weights`.
 
     Call it with the model's output on the aligned batch and either a :class:`MidasBatch`
     or ``labels`` and ``plan``; pass ``model`` (feature level: its ``fuse`` runs the fusion
@@ -142,8 +147,12 @@ class MidasObjective(nn.Module):
         follow_batch_epoch: bool = True,
         sync_alpha: bool = True,
         process_group: Any = None,
+        pair_weighting: str = "product",
     ) -> None:
         super().__init__()
+        if pair_weighting not in MF.PAIR_WEIGHTINGS:
+            raise ValueError(f"pair_weighting: expected one of {MF.PAIR_WEIGHTINGS}, got {pair_weighting!r}")
+        self.pair_weighting = pair_weighting
         if num_classes < 2:
             raise ValueError(f"num_classes: expected at least 2, got {num_classes}")
         modalities = tuple(modalities)
@@ -368,7 +377,7 @@ class MidasObjective(nn.Module):
         alpha = self._batch_alpha(totals, aligned.confidences, mis.row_confidences.device)
         loss_rows = MF.misaligned_loss(mis.logits, mis.row_confidences, mis.source_labels, alpha, mis.weights)
         if sample_weights is not None:
-            loss_mis = (loss_rows * MF.pair_importance_weights(sample_weights, plan)).mean()
+            loss_mis = (loss_rows * MF.pair_importance_weights(sample_weights, plan, self.pair_weighting)).mean()
         else:
             loss_mis = loss_rows.mean()
         loss = loss + self.lam * loss_mis
