@@ -167,10 +167,43 @@ def _accelerate_main(rank: int, port: int, out: str) -> None:
             except MidasDataError as err:
                 errors[name] = str(err)
         result["errors"] = errors
+        result["pruned"] = _accelerate_pruned(accelerator, dataset)
         torch.save(result, f"{out}/acc{rank}.pt")
         leave_rank()
     finally:
         tear_down_after_error()
+
+
+PRUNED_EPOCHS = 6
+
+
+def _accelerate_pruned(accelerator, dataset) -> dict:
+    """policy="prune" under Accelerate as users train: 2 persistent workers, 6 epochs, the
+    weights by hand (Accelerate's loader serves the batches past midas_loader's iterator)."""
+    from midas_data.feedback import PrunePolicy
+
+    table = StatsTable(len(dataset), MODALITIES)
+    loader = midas_loader(
+        dataset, MODALITIES, batch_size=8, seed=7, stats=table, policy=PrunePolicy(num_epochs=PRUNED_EPOCHS),
+        num_workers=2, persistent_workers=True,
+    )  # fmt: skip
+    model = make_model(seed=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer, prepared = accelerator.prepare(model, optimizer, loader)
+    objective = MidasObjective(NUM_CLASSES, MODALITIES, warmup_epochs=1)
+    epochs = []
+    for _ in range(PRUNED_EPOCHS):
+        batches = []
+        for batch in prepared:
+            weights = loader.batch_sampler.importance_weights(batch.ids)
+            loss, info = objective(model(batch.inputs), batch, model=model, sample_weights=weights)
+            optimizer.zero_grad()
+            accelerator.backward(loss)
+            optimizer.step()
+            sync_stats(table, batch.ids, info["per_sample"])
+            batches.append((batch.ids.tolist(), weights.tolist()))
+        epochs.append(batches)
+    return {"epochs": epochs, "digest": digest(table)}
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +235,20 @@ def test_accelerate_refuses_what_cannot_work_on_every_rank(accelerate_results):
         assert "already split by rank" in result["errors"]["rank_aware"]
         assert "midas_loader(...) without num_replicas/rank" in result["errors"]["rank_aware"]
         assert "dispatch_batches=True" in result["errors"]["dispatch"]
+
+
+def test_accelerate_pruned_epochs_are_dealt_evenly_with_identical_plans(accelerate_results):
+    runs = [r["pruned"] for r in accelerate_results]
+    assert runs[0]["digest"] == runs[1]["digest"]  # identical tables on both ranks
+    for epoch in range(PRUNED_EPOCHS):
+        shares = [run["epochs"][epoch] for run in runs]
+        assert len(shares[0]) == len(shares[1]), f"epoch {epoch}: unequal batch counts"
+        ids = [[i for batch, _ in share for i in batch] for share in shares]
+        assert not set(ids[0]) & set(ids[1])
+        seen = ids[0] + ids[1]
+        assert len(seen) == len(set(seen))  # no sample twice in the epoch
+        weights = [w for share in shares for _, ws in share for w in ws]
+        if epoch in (0, PRUNED_EPOCHS - 1):  # nothing seen yet; the full-data tail
+            assert sorted(seen) == list(range(N)) and set(weights) == {1.0}
+        else:
+            assert len(seen) < N and max(weights) > 1.0

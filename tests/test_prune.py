@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from midas_data import StatsTable, midas_loader
 from midas_data.feedback.prune import PrunePolicy, prune_plan
-from midas_data.feedback.sampler import DistributedMidasBatchSampler, MidasBatchSampler
+from midas_data.feedback.sampler import MidasBatchSampler
 
 MODALITIES = ("audio", "video")
 
@@ -178,7 +178,12 @@ def test_old_table_checkpoints_are_converted():
 
 
 # -- 2 gloo ranks ------------------------------------------------------------------------------
+RANK_EPOCHS = 6
+
+
 def _rank_main(rank: int, port: int, out: str) -> None:
+    """The rank-aware loader as users run it: 2 persistent workers per rank, 6 epochs, no
+    set_epoch, an uneven dataset (203 samples, batches of 8), statistics synced every step."""
     import datetime
     import os
 
@@ -190,18 +195,19 @@ def _rank_main(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
     try:
         n, batch = 203, 8
-        table = StatsTable(n, MODALITIES, batch_capacity=batch + 2)
-        sampler = DistributedMidasBatchSampler(n, batch, seed=4, policy=PrunePolicy(num_epochs=4), stats=table)
+        table = StatsTable(n, MODALITIES)
+        loader = midas_loader(
+            Items(n), MODALITIES, batch_size=batch, seed=4, stats=table, policy=PrunePolicy(num_epochs=RANK_EPOCHS),
+            num_replicas=2, rank=rank, num_workers=2, persistent_workers=True,
+        )  # fmt: skip
         g = torch.Generator().manual_seed(100 + rank)  # every rank reports other losses
         result = {}
-        for epoch in range(2):
-            sampler.set_epoch(epoch)
-            announced = len(sampler)
+        for epoch in range(RANK_EPOCHS):
+            announced = len(loader)
             batches = []
-            for b in sampler:
-                ids = torch.tensor(b)
-                batches.append(b)
-                sync_stats(table, ids, {"loss": torch.rand(len(b), generator=g) * 2})
+            for b in loader:
+                batches.append((b.ids.tolist(), b.extras["importance_weights"].tolist()))
+                sync_stats(table, b.ids, {"loss": torch.rand(len(b.ids), generator=g) * 2})
             result[epoch] = {"announced": announced, "batches": batches}
         table.flush()
         result["digest"] = table.values.nan_to_num(-1.0).sum().item()
@@ -210,7 +216,7 @@ def _rank_main(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_pruned_epoch_on_two_gloo_ranks(tmp_path):
+def test_pruned_epochs_on_two_gloo_ranks_with_persistent_workers(tmp_path):
     import socket
 
     with socket.socket() as s:
@@ -219,15 +225,16 @@ def test_pruned_epoch_on_two_gloo_ranks(tmp_path):
     mp.spawn(_rank_main, args=(port, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
     assert r0["digest"] == r1["digest"]  # identical tables, hence identical plans
-    for epoch in range(2):
+    for epoch in range(RANK_EPOCHS):
         b0, b1 = r0[epoch]["batches"], r1[epoch]["batches"]
-        assert len(b0) == len(b1) == r0[epoch]["announced"] == r1[epoch]["announced"]
-        ids0 = {i for b in b0 for i in b}
-        ids1 = {i for b in b1 for i in b}
+        assert len(b0) == len(b1) == r0[epoch]["announced"] == r1[epoch]["announced"], epoch
+        ids0 = {i for b, _ in b0 for i in b}
+        ids1 = {i for b, _ in b1 for i in b}
         assert not ids0 & ids1
-        count = sum(len(b) for b in b0 + b1)
+        count = sum(len(b) for b, _ in b0 + b1)
         assert count == len(ids0 | ids1)  # every planned sample once
-        if epoch == 0:
-            assert count == 203
+        weights = {w for _, ws in b0 + b1 for w in ws}
+        if epoch in (0, RANK_EPOCHS - 1):  # nothing seen yet; the full-data tail
+            assert count == 203 and weights == {1.0}
         else:
-            assert count < 203  # pruned
+            assert count < 203 and max(weights) > 1.0  # pruned, the kept low scores weighted up

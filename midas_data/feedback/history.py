@@ -75,7 +75,9 @@ class ScoreHistory:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("by") != self.by:
-            raise ValueError(f"ScoreHistory.load_state_dict: the checkpoint averages {state.get('by')!r}, not {self.by!r}")
+            raise ValueError(
+                f"ScoreHistory.load_state_dict: the checkpoint averages {state.get('by')!r}, not {self.by!r}"
+            )
         total = torch.as_tensor(state["sum"], dtype=torch.float64)
         count = torch.as_tensor(state["count"], dtype=torch.int32)
         if total.shape != self._sum.shape or count.shape != self._count.shape:

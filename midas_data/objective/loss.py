@@ -292,8 +292,9 @@ class MidasObjective(nn.Module):
         (``midas_loader`` under a policy other than ``uniform``, the streaming stage), else
         uniform sampling. ``update_alpha=False`` leaves alpha alone.
         """
+        rule = _RULE_OF_VARIANT[self.variant]
         labels, plan, num_unpaired, sample_weights = unpack_batch(
-            batch, labels, plan, num_unpaired, sample_weights, self.modalities, self.variant, _RULE_OF_VARIANT[self.variant]
+            batch, labels, plan, num_unpaired, sample_weights, self.modalities, self.variant, rule
         )
         learning = self.learning
         if learning and batch is not None:
