@@ -82,6 +82,16 @@ def test_first_epoch_and_the_tail_are_full_and_uniform():
     assert empty.plan_epoch(0).order.numel() == n  # nothing seen yet: the full data
 
 
+def test_a_low_score_set_is_never_dropped_whole():
+    snapshot = torch.tensor([0.1, 5.0, 5.0, 5.0])  # one sample below the mean
+    plan = prune_plan(4, 1, 0, PrunePolicy(ratio=0.9, tail=0.0), snapshot)
+    assert sorted(plan.order.tolist()) == [0, 1, 2, 3]  # nothing to drop without losing the set
+    snapshot = torch.tensor([0.1, 0.2, 5.0, 5.0])  # two below: one dropped, one kept at weight 2
+    plan = prune_plan(4, 1, 0, PrunePolicy(ratio=0.9, tail=0.0), snapshot)
+    kept = [i for i in plan.order.tolist() if i < 2]
+    assert len(kept) == 1 and plan.importance_weights(torch.tensor(kept)).tolist() == [2.0]
+
+
 def test_options_are_checked():
     with pytest.raises(ValueError, match="needs the number of epochs"):
         PrunePolicy()

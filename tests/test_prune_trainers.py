@@ -114,7 +114,7 @@ def test_weights_passed_by_hand_win_and_a_foreign_extra_is_named():
 # -- PyTorch Lightning ---------------------------------------------------------------------
 
 
-def lightning_fit(n: int, **trainer_args):
+def lightning_fit(n: int, *callbacks, ckpt_path=None, **trainer_args):
     pl = pytest.importorskip("lightning.pytorch")
     from midas_data.integrations.lightning import MidasCallback, midas_step
 
@@ -143,19 +143,32 @@ def lightning_fit(n: int, **trainer_args):
 
     module = Module()
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=EPOCHS, callbacks=[MidasCallback()], logger=False,
+        accelerator="cpu", devices=1, max_epochs=EPOCHS, callbacks=[MidasCallback(), *callbacks], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **trainer_args,
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*(many workers|LeafSpec|does not have many).*")
-        trainer.fit(module)
+        trainer.fit(module, ckpt_path=ckpt_path)
     return module, trainer
 
 
 def test_lightning_trains_pruned_epochs_and_counts_the_steps_taken():
+    pl = pytest.importorskip("lightning.pytorch")
+
+    class Announced(pl.Callback):
+        """What Lightning (and its progress bar) takes as each epoch's batch count."""
+
+        def __init__(self) -> None:
+            self.counts: list[int] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.counts.append(trainer.num_training_batches)
+
     n = 64
-    module, trainer = lightning_fit(n)
+    announced = Announced()
+    module, trainer = lightning_fit(n, announced)
     lengths = check_epochs(module.seen, n)
+    assert announced.counts == lengths
     assert trainer.global_step == sum(lengths) < EPOCHS * math.ceil(n / BATCH)
     assert bool((module.table.last_step >= 0).all())  # the table was fed (the score prune reads)
 
@@ -169,10 +182,29 @@ def test_lightning_max_steps_stops_inside_a_pruned_run():
     assert module.seen == full.seen[:limit]  # the same pruned plans, cut where asked
 
 
+def test_lightning_resumes_a_pruned_epoch_mid_way_exactly(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    n = 64
+    straight, _ = lightning_fit(n)
+    path = tmp_path / "pruned.ckpt"
+
+    class SaveAndStop(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.current_epoch == 2 and batch_idx == 1:  # inside a pruned epoch
+                trainer.save_checkpoint(path)
+                trainer.should_stop = True
+
+    head, _ = lightning_fit(n, SaveAndStop())
+    resumed, trainer = lightning_fit(n, ckpt_path=str(path))
+    assert head.seen + resumed.seen == straight.seen  # the same pruned batches, with the same weights
+    assert torch.equal(resumed.objective.alpha, straight.objective.alpha)
+    assert trainer.global_step == len(straight.seen)
+
+
 # -- Hugging Face Trainer (MidasTrainer) ---------------------------------------------------
 
 
-def hf_train(tmp_path, n: int, **args):
+def hf_train(tmp_path, n: int, resume_from_checkpoint=None, **args):
     transformers = pytest.importorskip("transformers")
     datasets = pytest.importorskip("datasets")
     from midas_data.integrations.transformers import MidasTrainer
@@ -192,8 +224,8 @@ def hf_train(tmp_path, n: int, **args):
 
     training = transformers.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=BATCH, num_train_epochs=EPOCHS, learning_rate=0.05,
-        report_to="none", use_cpu=True, disable_tqdm=True, seed=0, save_strategy="no",
-        dataloader_num_workers=2, dataloader_persistent_workers=True, **args,
+        report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
+        dataloader_num_workers=2, dataloader_persistent_workers=True, **{"save_strategy": "no", **args},
     )  # fmt: skip
     trainer = Recording(
         model=net(),
@@ -206,7 +238,7 @@ def hf_train(tmp_path, n: int, **args):
     trainer.seen = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
 
@@ -222,3 +254,19 @@ def test_midas_trainer_max_steps_is_honoured_on_pruned_epochs(tmp_path):
     limit = 20  # the full count would be 48; the pruned run takes more than 20
     t = hf_train(tmp_path, n, max_steps=limit)
     assert t.state.global_step == limit == len(t.seen)
+
+
+def test_midas_trainer_resumes_a_pruned_epoch_mid_way_exactly(tmp_path):
+    import shutil
+
+    n = 64
+    straight = hf_train(tmp_path / "straight", n)
+    at = 16  # epochs of 8, 6, 6, ... batches: inside the third epoch, a pruned one
+    first = hf_train(tmp_path / "first", n, save_strategy="steps", save_steps=at)
+    for later in (tmp_path / "first").glob("checkpoint-*"):
+        if later.name != f"checkpoint-{at}":
+            shutil.rmtree(later)
+    resumed = hf_train(tmp_path / "first", n, resume_from_checkpoint=True)
+    assert first.seen[:at] == straight.seen[:at]
+    assert resumed.seen == straight.seen[at:]  # the same pruned batches and weights after the checkpoint
+    assert resumed.state.global_step == straight.state.global_step == len(straight.seen)

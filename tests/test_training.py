@@ -143,7 +143,9 @@ def test_sampler_variant_options_reach_the_sampler_and_the_loss(monkeypatch):
     )
     batch = next(iter(loader))
     method.loss(tiny_model(), batch)
-    assert seen == [None]
+    # Explicit ones: the weights the batch carries must not reach the loss either.
+    assert len(seen) == 1 and torch.equal(seen[0], torch.ones(32))
+    assert "importance_weights" in batch.extras
     default = T.make_method("midas_sampler_hard", NUM_CLASSES, ["a", "b"], {})
     default_loader = default.train_loader(tiny_splits()["train"], ["a", "b"], config)
     assert default_loader.batch_sampler.floor == 0.2

@@ -105,7 +105,9 @@ def prune_plan(
     threshold = total / seen
     values = stat_values(snapshot.detach().cpu(), snapshot.dtype != torch.float16)
     low = (values < threshold).nonzero().squeeze(1)  # NaN (never seen) compares False: kept
-    dropped = int(options.ratio * low.numel() + 0.5)
+    # At least one low-score sample stays, to carry the set's weight (a tiny set at a high
+    # ratio would otherwise be dropped whole, and the weighted epoch lose its share).
+    dropped = min(int(options.ratio * low.numel() + 0.5), low.numel() - 1)
     if dropped == 0:
         return uniform
     pick = torch.randperm(low.numel(), generator=generator)[:dropped]

@@ -156,6 +156,9 @@ class MidasCallback(pl.Callback):
         if self._pending is not None:
             self._restore(self._pending)
             self._pending = None
+        # A restarted epoch gets no on_train_epoch_start: its count is set here, from the
+        # restored sampler (a pruned epoch, or the rest of an epoch resumed on other ranks).
+        _follow_epoch_length(trainer, len(sampler))
         # Alpha steps once per optimizer step (summed over accumulate_grad_batches micro-batches).
         assert self.objective is not None
         self._detach()
@@ -194,6 +197,8 @@ class MidasCallback(pl.Callback):
         if self._resumed_epoch != trainer.current_epoch:
             self._batches_in_epoch = 0
         self._resumed_epoch = None
+        if self.sampler is not None:
+            _follow_epoch_length(trainer, len(self.sampler))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -284,6 +289,37 @@ def _diagnostics_of(outputs: Any) -> Mapping[str, Any]:
             return outputs
     got = type(outputs).__name__ if not isinstance(outputs, Mapping) else f"a dict with keys {list(outputs)}"
     raise TypeError(f"MidasCallback: training_step returned {got}; {_RETURN_HINT}")
+
+
+def _follow_epoch_length(trainer: pl.Trainer, batches: int) -> None:
+    """Tell Lightning how many batches this epoch has: under ``policy="prune"`` epochs
+    differ, and an epoch resumed on another number of ranks is a rest.
+
+    Lightning reads ``len(train_dataloader)`` once, when it sets up the data (before a
+    checkpoint restores the sampler), and ends every epoch at that count or when the loader
+    stops, whichever comes first: a run set up during a short epoch would cut the longer
+    ones after it. The count is set before the epoch's iterator starts (progress bars read
+    it in their own hook, after the user's callbacks). ``max_batches``, the combined
+    loader's ``limits`` and the fetcher's ``length`` are Lightning's own attributes; those
+    a version lacks are left alone."""
+    limit = trainer.limit_train_batches
+    count = min(int(limit), batches) if isinstance(limit, int) else int(batches * float(limit))
+    trainer.fit_loop.max_batches = count
+    fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+    if fetcher is not None and getattr(fetcher, "length", None) is not None:
+        fetcher.length = count
+    # The data fetcher sizes the epoch from the combined loader's per-loader limits, also
+    # read at setup (no public handle on it: left alone if a Lightning version lacks it).
+    combined = getattr(trainer.fit_loop, "_combined_loader", None)
+    limits = getattr(combined, "limits", None)
+    if limits is not None:
+        flattened = list(combined.flattened)
+        ours = [isinstance(getattr(dl, "batch_sampler", None), MidasBatchSampler) for dl in flattened]
+        found = [i for i, mine in enumerate(ours) if mine]
+        if len(found) == 1:
+            limits = list(limits)
+            limits[found[0]] = count
+            combined.limits = limits
 
 
 def _midas_loader_of(loaders: Any) -> DataLoader:

@@ -17,6 +17,7 @@ predictions and their cross-entropy as the loss.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -88,6 +89,10 @@ class MidasTrainer(Trainer):
         self.midas_loader_kwargs = dict(midas_loader_kwargs or {})
         self.midas_sampler: MidasBatchSampler | None = None
         self._pending_sampler_state: Mapping[str, Any] | None = None
+        # policy="prune": epochs differ in length, which the Trainer's own bookkeeping
+        # (one length for every epoch, read at the start) cannot follow; see _run_epoch.
+        self._epoch_start_step = 0
+        self._resumed_run: Mapping[str, int] | None = None
         self._since_log: dict[str, Any] = {}  # sums since the last log, on the device
         self._alpha_hook: tuple[Any, Any] | None = None  # (optimizer, hook handle)
         modalities = list(objective.modalities)
@@ -231,6 +236,7 @@ class MidasTrainer(Trainer):
                 # The Trainer replays the epoch and skips the batches it trained: keep the plan, not the position.
                 sampler.update(yielded=0, exhausted=False)
             state["sampler"] = sampler
+        state["run"] = {"epoch_start_step": self._epoch_start_step, "max_steps": self.state.max_steps}
         return state
 
     def load_midas_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -242,6 +248,45 @@ class MidasTrainer(Trainer):
                 raise ValueError("MidasTrainer: the checkpoint holds a stats table; pass stats=StatsTable(...)")
             self.stats.load_state_dict(state["stats"])
         self._pending_sampler_state = state.get("sampler")
+        self._resumed_run = state.get("run")
+
+    # -- epochs of changing length (policy="prune") -----------------------------------------
+    def _prunes(self) -> bool:
+        return self.midas_sampler is not None and self.midas_sampler.prune is not None
+
+    def set_initial_training_values(self, args: Any, dataloader: Any) -> Any:
+        """The Trainer's values; a resumed pruned run keeps the step budget of the run it
+        continues (sized from a full first epoch), not one sized from the epoch it resumes."""
+        values = list(super().set_initial_training_values(args, dataloader))
+        resumed = self._resumed_run
+        if self._prunes() and resumed is not None and args.max_steps <= 0 and resumed.get("max_steps", 0) > 0:
+            values[-1] = int(resumed["max_steps"])
+        return tuple(values)
+
+    def _init_training_state(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        """The epoch and the batches trained in it, from the checkpoint's own record when
+        epochs differ in length (the Trainer divides the global step by one epoch length)."""
+        epochs, steps = super()._init_training_state(*args, **kwargs)
+        resumed, sampler = self._resumed_run, self.midas_sampler
+        if self._prunes() and resumed is not None and sampler is not None and not self.args.ignore_data_skip:
+            epochs = sampler.epoch
+            updates = self.state.global_step - int(resumed["epoch_start_step"])
+            steps = updates * self.args.gradient_accumulation_steps
+            self._epoch_start_step = int(resumed["epoch_start_step"])
+        return epochs, steps
+
+    def _run_epoch(self, **kwargs: Any) -> Any:
+        """One epoch; under ``prune`` with the length of this epoch, not of the first one."""
+        resuming = kwargs.get("resume_from_checkpoint") is not None and kwargs["epoch"] == kwargs["epochs_trained"]
+        if not (resuming and self._resumed_run is not None):
+            self._epoch_start_step = self.state.global_step
+        if self._prunes():
+            assert self.midas_sampler is not None
+            self.midas_sampler.set_epoch(kwargs["epoch"])  # the Trainer sets it again; the same epoch
+            batches = len(kwargs["train_dataloader"])
+            accumulation = self.args.gradient_accumulation_steps
+            kwargs.update(steps_in_epoch=batches, num_update_steps_per_epoch=max(math.ceil(batches / accumulation), 1))
+        return super()._run_epoch(**kwargs)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The Trainer's save (checkpoints call it too), plus ``midas_state.pt`` on the saving process."""
@@ -253,6 +298,7 @@ class MidasTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's ``train``; resuming also restores the MIDAS state of that checkpoint."""
         checkpoint = resume_from_checkpoint
+        self._resumed_run = None
         if checkpoint is True:
             checkpoint = get_last_checkpoint(self.args.output_dir)
         if isinstance(checkpoint, str):
