@@ -354,9 +354,13 @@ def test_sampler_state_is_checked():
     next(iterator)
     state = sampler.state_dict()
     assert state["yielded"] == 1 and state["snapshot"] is None
-    for key, value in (("num_samples", 65), ("batch_size", 8), ("num_replicas", 2), ("seed", 2), ("policy", "hard")):
+    for key, value in (("num_samples", 65), ("batch_size", 8), ("drop_last", True), ("seed", 2), ("policy", "hard")):
         with pytest.raises(ValueError, match=f"state\\['{key}'\\]"):
             MidasBatchSampler(64, 4, seed=1).load_state_dict({**state, key: value})
+    # Another number of ranks resumes the rest of the epoch (tests/test_elastic_resume.py).
+    MidasBatchSampler(64, 4, seed=1).load_state_dict({**state, "num_replicas": 2})
+    with pytest.raises(ValueError, match=r"state\['num_shards'\]"):  # Accelerate's processes must match
+        MidasBatchSampler(64, 4, seed=1).load_state_dict({**state, "num_shards": 2})
     with pytest.raises(ValueError, match="format"):
         sampler.load_state_dict({"yielded": 3})
     other = MidasBatchSampler(64, 4, seed=1)

@@ -60,6 +60,8 @@ class SavedPosition:
     snapshot: torch.Tensor | None
     weak_modality: int
     snapshot_updates: int
+    slots: torch.Tensor | None = None  # the rest of the epoch, on another number of ranks (elastic.py)
+    slots_from: int = 0  # the position that rest begins at
 
 
 class PassStart(NamedTuple):

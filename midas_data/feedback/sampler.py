@@ -29,6 +29,7 @@ from torch.utils.data import Sampler
 
 from ..distributed import world_size
 from ..functional import pair_importance_weights
+from .elastic import other_replicas, rest_bounds, rest_of_epoch, saved_rest, upcoming_rest
 from .epochs import EpochCursor, SavedPosition, checked_epoch, shared_epoch
 from .planning import POLICIES, EpochPlan, batch_bounds, choose_weak_modality, plan_from_snapshot
 from .prune import PrunePolicy, prune_plan, upcoming_epoch
@@ -207,6 +208,8 @@ class MidasBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.fixed_num_shards = num_shards
         self.current_plan: EpochPlan | None = None
+        self._slots: torch.Tensor | None = None  # a pass over the rest of an epoch (elastic.py)
+        self._slots_from = 0
         self._warned_unsharded = False
         self.sampler = _SampleOrder(self)
         self._set_bounds(self.fixed_num_shards or 1)
@@ -221,13 +224,18 @@ class MidasBatchSampler(Sampler[list[int]]):
         """Batch bounds over ``num_slots`` global slots (default all ``N``; a pruned plan
         has fewer), for ``num_shards`` Accelerate processes or this sampler's rank."""
         self.num_shards = num_shards
-        slots = self.num_samples if num_slots is None else num_slots
-        if num_shards > 1:
-            bounds = shard_bounds(slots, self.max_batch_size, num_shards, self.drop_last)
-        else:
-            bounds = batch_bounds(slots, self.max_batch_size, self.num_replicas, self.rank, self.drop_last)
+        bounds = self._bounds_for(num_slots, self._slots, self._slots_from)
         self._bounds_cache = bounds
         self._uniform_size = {end - begin for begin, end in bounds} == {self.max_batch_size}
+
+    def _bounds_for(self, num_slots: int | None, rest: torch.Tensor | None, rest_from: int) -> list[tuple[int, int]]:
+        """This rank's batches of an epoch, or of the ``rest`` of one (ranges of ``rest``)."""
+        slots = self.num_samples if num_slots is None else num_slots
+        if rest is not None:
+            return rest_bounds(rest.numel(), rest_from, self.max_batch_size, self.num_replicas, self.rank)
+        if self.num_shards > 1:
+            return shard_bounds(slots, self.max_batch_size, self.num_shards, self.drop_last)
+        return batch_bounds(slots, self.max_batch_size, self.num_replicas, self.rank, self.drop_last)
 
     @property
     def batch_size(self) -> int | None:
@@ -303,38 +311,44 @@ class MidasBatchSampler(Sampler[list[int]]):
         # made: a DataLoader makes (and drops) an extra iterator when it starts workers,
         # torchdata another one when it restores a state.
         start = self.cursor.begin()
-        if start.saved is not None and self.prune is not None:
-            saved = start.saved
-            plan = prune_plan(
-                self.num_samples, start.epoch, self.seed, self.prune, saved.snapshot, saved.snapshot_updates
-            )
-        elif start.saved is not None:
-            saved = start.saved
-            plan = plan_from_snapshot(
-                self.num_samples,
-                start.epoch,
-                self.seed,
-                self.policy,
-                saved.snapshot,
-                self.floor,
-                saved.weak_modality,
-                self.shuffle,
-                saved.snapshot_updates,
-            )
+        had_rest = self._slots is not None
+        if start.saved is not None:
+            plan = self._saved_plan(start.saved)
+            self._slots, self._slots_from = start.saved.slots, start.saved.slots_from
         elif start.repeat and self.current_plan is not None and self.current_plan.epoch == start.epoch:
-            plan = self.current_plan  # the last pass was a peek: the same order again
+            plan = self.current_plan  # the last pass was a peek: the same order (and rest) again
         else:
             plan = self.plan_epoch(start.epoch)
+            self._slots, self._slots_from = None, 0
         self.current_plan = plan
         self._upcoming = None
-        if self.prune is not None:
+        if self.prune is not None or had_rest or self._slots is not None:
             self._set_bounds(self.num_shards, plan.order.numel())
+        order = plan.order if self._slots is None else plan.order[self._slots]
         self._in_pass = True
         try:
-            yield from self._batches(plan.order, start.position)
+            yield from self._batches(order, start.position)
             self.cursor.finish()
         finally:
             self._in_pass = False
+
+    def _saved_plan(self, saved: SavedPosition) -> EpochPlan:
+        """The plan of a checkpointed epoch, from the snapshot it was drawn from."""
+        if self.prune is not None:
+            return prune_plan(
+                self.num_samples, saved.epoch, self.seed, self.prune, saved.snapshot, saved.snapshot_updates
+            )
+        return plan_from_snapshot(
+            self.num_samples,
+            saved.epoch,
+            self.seed,
+            self.policy,
+            saved.snapshot,
+            self.floor,
+            saved.weak_modality,
+            self.shuffle,
+            saved.snapshot_updates,
+        )
 
     def _check_wrapper(self) -> None:
         """Fit the batches to an Accelerate wrapper, or refuse one that cannot work."""
@@ -361,12 +375,11 @@ class MidasBatchSampler(Sampler[list[int]]):
         epoch). With DataLoader workers the sampler pass ends when the workers have fetched
         the last batches, a little before the loop sees them."""
         self._fit_to_shard()
-        if self.prune is not None and self.stats is not None and not self._in_pass:
-            plan = self._next_plan()
-            bounds = self._bounds_cache
-            self._set_bounds(self.num_shards, plan.order.numel())
-            count, self._bounds_cache = len(self._bounds_cache), bounds
-            return count
+        pruned = self.prune is not None and self.stats is not None
+        if not self._in_pass and (pruned or self._slots is not None):
+            # The next pass's count: a new epoch after a pass over the rest of one is whole again.
+            num_slots = self._next_plan().order.numel() if pruned else None
+            return len(self._bounds_for(num_slots, *upcoming_rest(self.cursor, self._slots, self._slots_from)))
         return len(self._bounds_cache)
 
     def _next_plan(self) -> EpochPlan:
@@ -422,6 +435,8 @@ class MidasBatchSampler(Sampler[list[int]]):
             "snapshot": None if plan is None else plan.snapshot,
             "weak_modality": -1 if plan is None else plan.weak_modality,
             "snapshot_updates": -1 if plan is None else plan.snapshot_updates,
+            "elastic_slots": None if plan is None else self._slots,  # never modified: shared, not copied
+            "elastic_from": 0 if plan is None else self._slots_from,
             **self._layout(self.num_shards),
         }
 
@@ -436,15 +451,20 @@ class MidasBatchSampler(Sampler[list[int]]):
         with the next epoch. ``set_epoch`` to another epoch, before or after (torchdata
         applies a loaded state lazily, at the next ``iter``), discards the saved position.
 
-        The state must come from the same dataset size, batch size, seed, policy and world
-        size (ranks, or Accelerate processes); anything else raises ``ValueError``. To go on
-        with another world size, load the stats table and the objective only and start the
-        next epoch with ``set_epoch(saved_epoch + 1)`` (see docs/distributed.md).
+        The state must come from the same dataset size, batch size, seed, shuffle, drop_last
+        and policy; anything else raises ``ValueError`` naming the field. A state saved on
+        another number of ranks (``num_replicas``) resumes the rest of its epoch on this
+        sampler's ranks: every sample the old ranks had not received, once (lockstep rule and
+        layout in ``elastic.py``, docs/distributed.md); Accelerate's process count must match.
         """
         mine = self._layout(self.fixed_num_shards or (world_size() if self.num_replicas == 1 else 1))
-        epoch, yielded, snapshot = checked_state(state, mine, self.num_samples)
+        old_replicas = other_replicas(state, mine)
+        saved_on = mine if old_replicas is None else {**mine, "num_replicas": old_replicas}
+        epoch, yielded, snapshot = checked_state(state, saved_on, self.num_samples)
+        rest, rest_from = saved_rest(state, yielded, self.num_samples)
         self.cursor.saved = None
         self._in_pass, self._upcoming = False, None
+        self._slots, self._slots_from = None, 0
         self._set_bounds(mine["num_shards"])
         if self.cursor.pinned and self.epoch != epoch:
             return  # set_epoch already chose another epoch (torchdata applies a state lazily)
@@ -455,13 +475,18 @@ class MidasBatchSampler(Sampler[list[int]]):
         # advancing; the one after it advances if that one counts.
         saved = None
         if not state.get("exhausted"):
-            saved = SavedPosition(
-                epoch,
-                min(yielded, len(self._bounds_cache)),
-                snapshot,
-                int(state.get("weak_modality", -1)),
-                int(state.get("snapshot_updates", -1)),
-            )
+            weak, updates = int(state.get("weak_modality", -1)), int(state.get("snapshot_updates", -1))
+            saved = SavedPosition(epoch, yielded, snapshot, weak, updates)
+            if old_replicas is not None:  # what no old rank received, laid out for these ranks
+                num_slots = self.num_samples if self.prune is None else self._saved_plan(saved).order.numel()
+                args = (num_slots, self.max_batch_size, self.drop_last, old_replicas, yielded, rest, rest_from)
+                rest, rest_from = rest_of_epoch(*args), yielded
+            if rest is not None:
+                self._bounds_for(None, rest, rest_from)  # raises when too few samples are left
+                saved.slots, saved.slots_from = rest, rest_from
+                self._slots, self._slots_from = rest, rest_from
+                self._set_bounds(mine["num_shards"])
+            saved.position = min(yielded, len(self._bounds_cache))
         self.cursor.restore(epoch, saved)
 
 
