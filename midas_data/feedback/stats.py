@@ -27,7 +27,9 @@ starts: in shared memory (``share_memory_()``, i.e. ``/dev/shm``) or, when share
 memory is unusable, in a file mapped with ``MAP_SHARED`` (a warning says so). A table
 passed to DataLoader workers (fork or spawn, persistent or not) maps the same memory, so
 workers see every update the main process makes; plain Python attributes are never
-used to carry state to them.
+used to carry state to them. Under a process group the local ranks of a node share one
+table (``sharing=``; ``node_local.py`` says how), so memory per node does not grow with
+the number of local ranks.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import torch
 
 from . import readout
 from .columns import as_id_tensor, pack_statistics
+from .node_local import SHARINGS, NodeBuffer, fingerprint, node_buffer
 from .storage import STORAGES, SharedBuffer, StatsStorageWarning
 from .validation import (
     MAX_STEP,
@@ -135,6 +138,14 @@ class StatsTable(readout.TableReadout):
             no size exchange, a host synchronisation under NCCL; ``None`` (default) exchanges
             sizes. Host-side configuration, also settable as an attribute: it is neither in
             shared memory nor in :meth:`state_dict`.
+        sharing: ``"auto"`` (default: one table per node where every rank knows its node,
+            i.e. ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE`` are set and a node has several local
+            ranks; per-rank tables otherwise), ``"node"`` (one table per node or a clear
+            error) or ``"rank"`` (a table per process, as without a process group). Under an
+            initialised process group of several ranks, ``"auto"`` and ``"node"`` make the
+            constructor collective over ``group``: every rank constructs the table, in the
+            same order. Without one the table is per process whatever ``sharing`` says.
+        group: the process group of the ranks that share (default: the default group).
 
     Updates (:meth:`update`) validate everything before writing anything: a rejected update
     leaves the table unchanged. Reads in another process are not atomic snapshots of a
@@ -150,6 +161,8 @@ class StatsTable(readout.TableReadout):
         storage: str = "auto",
         directory: str | os.PathLike[str] | None = None,
         batch_capacity: int | None = None,
+        sharing: str = "auto",
+        group: Any = None,
     ) -> None:
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
@@ -163,11 +176,17 @@ class StatsTable(readout.TableReadout):
             raise ValueError(f"dtype: expected one of {STATS_DTYPES}, got {dtype}")
         if storage not in STORAGES:
             raise ValueError(f"storage: expected one of {STORAGES}, got {storage!r}")
+        if sharing not in SHARINGS:
+            raise ValueError(f"sharing: expected one of {SHARINGS}, got {sharing!r}")
         self._modalities = names
         self._layout = _Layout(int(num_samples), len(names) + 3, dtype)
         self._pending: _Pending | None = None
         self.batch_capacity = batch_capacity
-        self._shared = SharedBuffer(self._layout.total_bytes, storage, directory, owner="StatsTable")
+        self._operations = 0  # operations this process made (node-shared tables count them)
+        node = node_buffer(self._layout.total_bytes, sharing, storage, directory, group)
+        self._shared: SharedBuffer | NodeBuffer = (
+            node if node is not None else SharedBuffer(self._layout.total_bytes, storage, directory, owner="StatsTable")
+        )
         self._bind_views()
         self.reset()
 
@@ -192,7 +211,16 @@ class StatsTable(readout.TableReadout):
         self._shared = state["shared"]
         self._batch_capacity = state.get("batch_capacity")
         self._pending = None
+        self._operations = 0  # a copy in a worker reads; it never writes
         self._bind_views()
+
+    def _commit(self, write: Any, *inputs: torch.Tensor | None, kind: int = 0) -> None:
+        """Run ``write()``; on a node-shared table, once per node (``node_local.py``)."""
+        if not isinstance(self._shared, NodeBuffer):
+            write()
+            return
+        self._operations += 1
+        self._shared.commit(self._operations, fingerprint(*inputs, kind=kind), write)
 
     # -- description -----------------------------------------------------------------------
     @property
@@ -218,6 +246,11 @@ class StatsTable(readout.TableReadout):
     def storage(self) -> str:
         """``"shm"`` (shared memory) or ``"file"`` (file-backed mapping)."""
         return self._shared.storage
+
+    @property
+    def sharing(self) -> str:
+        """``"node"`` (the local ranks of a node map this table) or ``"rank"``."""
+        return "node" if isinstance(self._shared, NodeBuffer) else "rank"
 
     @property
     def path(self) -> str | None:
@@ -315,9 +348,13 @@ class StatsTable(readout.TableReadout):
     def reset(self) -> None:
         """Forget everything: all statistics ``NaN``, all steps ``-1``, no updates."""
         self._pending = None
-        self._values.fill_(math.nan)
-        self._last_step.fill_(-1)
-        self._counter.zero_()
+
+        def write() -> None:
+            self._values.fill_(math.nan)
+            self._last_step.fill_(-1)
+            self._counter.zero_()
+
+        self._commit(write, kind=1)
 
     # -- updates ---------------------------------------------------------------------------
     def update(
@@ -436,6 +473,13 @@ class StatsTable(readout.TableReadout):
         with_mis = has_misaligned if has_misaligned is not None else torch.ones(ids.shape[0], dtype=torch.bool)
         # Validate every column before writing any: a rejected update changes nothing.
         values = check_statistics(ids, rows, values, columns, with_mis, m, self.dtype)
+        order = torch.tensor([-1 if step is None else step, *columns])
+        self._commit(lambda: self._write(ids, values, columns, with_mis, step), ids, values, with_mis, order, kind=2)
+
+    def _write(
+        self, ids: torch.Tensor, values: torch.Tensor, columns: tuple[bool, ...], with_mis: torch.Tensor, step: Any
+    ) -> None:
+        m = self.num_modalities
         record = step if step is not None else min(int(self._counter[0]), MAX_STEP)
         if ids.numel():
             if columns[0]:
@@ -477,10 +521,13 @@ class StatsTable(readout.TableReadout):
         """
         values, last_step, updates = check_state(state, self.num_samples, self._modalities, self._layout.num_columns)
         self._pending = None
-        # In place: workers map this very memory.
-        self._values.copy_(values.clamp(-torch.finfo(self.dtype).max, torch.finfo(self.dtype).max))
-        self._last_step.copy_(last_step)
-        self._counter[0] = updates
+
+        def write() -> None:  # in place: workers map this very memory
+            self._values.copy_(values.clamp(-torch.finfo(self.dtype).max, torch.finfo(self.dtype).max))
+            self._last_step.copy_(last_step)
+            self._counter[0] = updates
+
+        self._commit(write, values, last_step, torch.tensor([updates]), kind=3)
 
 
 def _last_occurrence(ids: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,10 @@ copy to the host, none of which makes the host wait for the device; the table va
 and applies the rows at its next update or flush, on host tensors. Without one, the ranks
 first exchange their row counts, and reading them costs one host synchronisation per step
 under NCCL.
+
+On a table shared by the local ranks of a node (``StatsTable(sharing=...)``) every rank
+still calls :func:`sync_stats` and receives the same rows; the node writes each step once
+(``node_local.py``).
 """
 
 from __future__ import annotations
@@ -137,5 +141,13 @@ def sync_stats(
     packed, columns = pack_statistics(per_sample, table.num_modalities, ids.shape[0])
     if capacity is None:
         capacity = table.batch_capacity
-    gathered_ids, gathered, valid = all_gather_rows(ids, packed, group=group, capacity=capacity)
+    try:
+        gathered_ids, gathered, valid = all_gather_rows(ids, packed, group=group, capacity=capacity)
+    except RuntimeError as err:
+        if table.sharing != "node":
+            raise
+        raise RuntimeError(
+            f"sync_stats: the all-gather failed ({err}). A rank of the group died or left; this rank's node-shared "
+            "table is freed when the last process of the node that maps it exits"
+        ) from err
     table.update_packed(gathered_ids, gathered, columns, valid=valid, step=step)
