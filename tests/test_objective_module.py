@@ -76,7 +76,7 @@ def test_a_validation_loss_changes_nothing(quiet):
     objective.train()
     after = objective.state_dict()
     for key, value in before.items():
-        assert (torch.equal(value, after[key]) if isinstance(value, torch.Tensor) else value == after[key]), key
+        assert torch.equal(value, after[key]) if isinstance(value, torch.Tensor) else value == after[key], key
     assert all(torch.isfinite(loss) and loss == losses[0] for loss in losses)
     # The validation loss is the training loss of the same batch with the same alpha.
     train_loss, _ = objective(model(batch.inputs), batch, model=model)

@@ -3,10 +3,11 @@
 
 ``stage.py`` is the stream stage (:class:`MidasBatches`), ``ids.py`` the shard index
 (sizes and key -> slot ids) and the tar check for damaged shards, ``balance.py`` equal
-work per rank, ``window.py`` prioritised draws in a bounded window, ``decode.py`` safe
-member decoding and the per-sample reader (id and checked fields), ``faults.py`` what the
-stage checks and says about bad input, ``hf.py`` the Hugging Face wrapper and
-``writer.py`` the shard writer. webdataset and datasets are imported only where they are
+work per rank, ``shares.py`` each worker's share of an epoch and the check of what came,
+``window.py`` prioritised draws in a bounded window, ``pruning.py`` ``policy="prune"``
+within it, ``decode.py`` safe member decoding and the per-sample reader (id and checked
+fields), ``faults.py`` what the stage checks and says about bad input, ``hf.py`` the
+Hugging Face wrapper and ``writer.py`` the shard writer. webdataset and datasets are imported only where they are
 used (``writer.py``, and by your own pipeline code).
 """
 

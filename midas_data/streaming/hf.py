@@ -18,11 +18,19 @@ wrapper is made) and ``set_epoch``.
 
 Each pass over the wrapper is the next epoch, for the stage and for the dataset's shuffle
 alike; :meth:`MidasIterable.set_epoch` chooses one instead.
+
+Every worker of a pass gives the dataset its epoch, and the dataset shares its epoch
+between the processes; ``datasets``' ``set_epoch`` reads and then writes that shared value,
+so two workers setting it at once could leave it at another epoch, and then read their
+shards in different orders (a sample twice in the rank's epoch, another never). The
+wrapper holds a process lock, made with it before any worker starts, around that call.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
+from multiprocessing.context import get_spawning_popen
 from typing import Any
 
 from torch.utils.data import IterableDataset
@@ -32,6 +40,11 @@ from ..errors import MidasDataError
 from .stage import MidasBatches
 
 __all__ = ["MidasIterable"]
+
+
+def _epoch_lock() -> Any:
+    """A lock shared by the DataLoader workers, started by fork or spawn alike."""
+    return multiprocessing.get_context("spawn").Lock()
 
 
 def _num_shards(dataset: Any) -> int | None:
@@ -68,7 +81,21 @@ class MidasIterable(IterableDataset):
             )
         self.dataset = dataset
         self.stage = stage
+        self._epoch_lock = _epoch_lock()
         self._check_split()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if get_spawning_popen() is None:
+            # A process lock pickles only into a process being started (a spawned worker);
+            # any other copy (``copy.deepcopy``) gets a lock of its own.
+            state["_epoch_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._epoch_lock is None:
+            self._epoch_lock = _epoch_lock()
 
     def _check_split(self) -> None:
         index, stage = self.stage.index, self.stage
@@ -108,13 +135,16 @@ class MidasIterable(IterableDataset):
         dataset (its shuffle); later passes count on from it."""
         self.stage.set_epoch(epoch)
         if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
+            with self._epoch_lock:
+                self.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[MidasBatch]:
         place = self.stage.place()
         epoch = self.stage.begin_pass(place)
         if hasattr(self.dataset, "set_epoch"):
             # Every worker of the pass sets the same epoch (the dataset shares it between
-            # processes): the shard order all of them split must be the same.
-            self.dataset.set_epoch(epoch)
+            # processes): the shard order all of them split must be the same. One at a
+            # time: set_epoch reads, then writes, the shared value.
+            with self._epoch_lock:
+                self.dataset.set_epoch(epoch)
         return self.stage._run(iter(self.dataset), place, epoch)

@@ -10,7 +10,8 @@ it goes at the end of a ``wds.WebDataset(...)`` / ``wds.DataPipeline`` with
    map) and its decoded fields (``decode.py``: safe decoders, and yours), and checks them:
    no missing value, an integer label, the same type, dtype and shape as the other samples;
 3. collects samples in a bounded window and draws them from it, uniformly or with
-   priority from the stats table (``window.py``), each draw with its importance weight;
+   priority from the stats table (``window.py``), or prunes a fixed count of its
+   low-score half (``pruning.py``), each draw with its importance weight;
 4. cuts the draws into batches and builds each with :class:`MidasCollate`, so a streamed
    batch has exactly the form of a map-style one. With a shard index the batch sizes come
    from ``balance.py``, so every rank yields the same number of batches per epoch;
@@ -45,28 +46,19 @@ from ..data.collate import CollateFn, MidasCollate
 from ..errors import MidasDataError, MidasDataWarning
 from ..feedback.epochs import checked_epoch, shared_epoch
 from ..feedback.planning import POLICIES, choose_weak_modality
+from ..feedback.prune import PrunePolicy
 from ..feedback.stats import StatsTable
-from .balance import batch_counts, shard_share, split_sizes, worker_bounds, worker_shards
+from .balance import split_sizes
 from .decode import Decoder, SampleReader
-from .faults import (
-    MAX_WORKERS,
-    SkipHandler,
-    ValueAgreement,
-    epoch_report,
-    excess_error,
-    inspect_shortfall,
-    shortfall_error,
-    upstream_failure,
-)
+from .faults import MAX_WORKERS, SkipHandler, ValueAgreement, epoch_report, upstream_failure
 from .ids import ShardIndex
+from .pruning import prune_window, stream_prune_policy
+from .shares import _SKIPPED, _SOURCE, SKIP_COUNTS, WorkerShares
 from .window import draw_window
 
 __all__ = ["MidasBatches", "midas_batches", "SkipHandler", "WorkerPlace", "SKIP_COUNTS"]
 
 Handler = Callable[[Exception], bool]
-_SKIPPED, _MISSING, _SOURCE, _DAMAGED = 0, 1, 2, 3
-SKIP_COUNTS = ("skipped", "missing", "source_errors", "damaged_shards")
-"""The keys of :meth:`MidasBatches.skip_counts`, in column order."""
 # Errors of one sample that a handler may skip.
 _SAMPLE_ERRORS = (MidasDataError, ValueError, KeyError, TypeError)
 
@@ -79,17 +71,6 @@ class WorkerPlace:
     world_size: int
     worker: int
     num_workers: int
-
-
-@dataclass(frozen=True)
-class _Share:
-    """What one worker should receive in an epoch, from the shard index."""
-
-    batches: int  # batches it yields
-    low: int  # the fewest samples it may receive (shards dealt by count) ...
-    high: int  # ... and the most; equal when its shards are known
-    shards: list[int] | None  # its shard positions; None when only their number is known
-    num_shards: int  # how many shards it reads
 
 
 def _default_rank() -> tuple[int, int]:
@@ -108,7 +89,7 @@ def stream_seed(seed: int, epoch: int, rank: int, worker: int) -> int:
     return int.from_bytes(digest.digest(), "little") >> 1
 
 
-class MidasBatches:
+class MidasBatches(WorkerShares):
     """Group a stream of samples into :class:`MidasBatch` objects, inside each worker.
 
     Args:
@@ -124,10 +105,15 @@ class MidasBatches:
         mode, seed, rule, modality_collate, materialize_in_worker: as :class:`MidasCollate`.
         stats: the :class:`StatsTable` (created before workers start) the prioritised
             policies read; workers read it through shared memory.
-        policy: ``"uniform"`` (default), ``"hard"`` or ``"weak_modality"``.
+        policy: ``"uniform"`` (default), ``"hard"``, ``"weak_modality"``, or ``"prune"`` (a
+            :class:`~midas_data.feedback.prune.PrunePolicy` sets its options): pruning
+            within each window, a fixed count per window so that every rank's batches
+            stay known in advance (``pruning.py``; docs/streaming.md).
         floor: share of every window drawn uniformly, in ``(0, 1]``; weights stay <= 1/floor.
         weak_modality: for ``"weak_modality"``: the modality to favour (default: the weak
             one in the table at the start of each epoch, per worker).
+        num_epochs: ``policy="prune"`` given as a string: the training's epochs (the last
+            eighth of them are full), as ``PrunePolicy(num_epochs=...)``.
         window: samples held and drawn from at once (the bound on the priority buffer; also
             a shuffle buffer for the uniform policy). A worker's first batch waits for its
             first window.
@@ -155,7 +141,8 @@ class MidasBatches:
     before a pass chooses its epoch instead. See :meth:`begin_pass`.
 
     Each batch's ``extras`` hold ``importance_weights`` (float32 ``[B]``, ``1 / e_i`` of
-    the window draw; all ones under ``uniform``) and ``stats_updates`` (int64 scalar: the
+    the window draw; ``m / (m - d)`` on the kept low-half samples of a pruned window; all
+    ones under ``uniform``) and ``stats_updates`` (int64 scalar: the
     table's ``num_updates`` when the batch's samples were drawn, ``-1`` without a table).
     """
 
@@ -173,9 +160,10 @@ class MidasBatches:
         modality_collate: Mapping[str, CollateFn] | None = None,
         materialize_in_worker: bool = False,
         stats: StatsTable | None = None,
-        policy: str = "uniform",
+        policy: str | PrunePolicy = "uniform",
         floor: float = 0.2,
         weak_modality: str | int | None = None,
+        num_epochs: int | None = None,
         window: int = 256,
         shuffle: bool = True,
         resampled: bool = False,
@@ -189,8 +177,11 @@ class MidasBatches:
             raise TypeError("modalities: expected a sequence of field names, e.g. ('image', 'audio')")
         if not isinstance(batch_size, int) or batch_size < 2:
             raise ValueError(f"batch_size: expected an int >= 2 (a misaligned row needs a partner), got {batch_size!r}")
-        if policy not in POLICIES:
-            raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
+        prune = stream_prune_policy(policy, num_epochs)
+        if prune is not None:
+            policy = "prune"
+        elif policy not in POLICIES:
+            raise ValueError(f"policy: expected one of {(*POLICIES, 'prune')} or a PrunePolicy, got {policy!r}")
         if policy != "uniform" and stats is None:
             raise ValueError(f"policy={policy!r} reads per-sample statistics: pass stats=StatsTable(...)")
         if not (isinstance(floor, (int, float)) and 0.0 < float(floor) <= 1.0):
@@ -214,6 +205,7 @@ class MidasBatches:
         self.id_field = id_field
         self.stats = stats
         self.policy = policy
+        self.prune = prune
         self.floor = float(floor)
         self.weak_modality = weak_modality
         self.window = window
@@ -252,7 +244,7 @@ class MidasBatches:
             allow_pickle,
             self.decoders,
         )
-        self._plans: dict[tuple[int, int], tuple[list[list[int]], list[list[tuple[int, int]]]]] = {}
+        self._plans = {}
 
     # -- epochs ----------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -293,12 +285,23 @@ class MidasBatches:
     def reset_skip_counts(self) -> None:
         self._counts.zero_()
 
-    def batches_per_epoch(self, num_workers: int) -> int:
+    def batches_per_epoch(self, num_workers: int, epoch: int | None = None) -> int:
         """Batches every rank yields per epoch with ``num_workers`` DataLoader workers (0
-        counts as 1); needs the shard index."""
+        counts as 1); needs the shard index. Under ``prune``: those of a full epoch, or with
+        ``epoch``, those of a pass of that epoch started now (:meth:`prunes`)."""
         if self.index is None:
             raise ValueError("batches_per_epoch: needs the shard index (index=...)")
-        return sum(self._plan(self.world_size, max(num_workers, 1))[0][self.rank])
+        pruned = epoch is not None and self.prunes(epoch)
+        return sum(self._plan(self.world_size, max(num_workers, 1), pruned)[0][self.rank])
+
+    def prunes(self, epoch: int) -> bool:
+        """Whether a pass of ``epoch`` started now prunes: ``policy="prune"``, an epoch that
+        :meth:`PrunePolicy.prunes` (not in the full-data tail) and a table with an update
+        (so the first epoch of a run is full). Read when each worker starts its pass, from
+        values equal on every rank whose table is kept equal (``sync_stats``)."""
+        if self.prune is None or self.stats is None:
+            return False
+        return self.prune.prunes(epoch) and self.stats.num_updates > 0
 
     def split_by_node(self, source: Iterator[Any], group: Any = None) -> Iterator[Any]:
         """A webdataset node splitter that uses this stage's rank and world size, known in
@@ -324,8 +327,9 @@ class MidasBatches:
         generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, place.rank, place.worker))
         row = self._counts[place.worker % MAX_WORKERS]
         before = row.clone()
-        share = self._share(place)
-        sizes = None if share is None else split_sizes(share.high, share.batches)
+        pruning = self.prunes(epoch)
+        share = self._share(place, pruning)
+        sizes = None if share is None else split_sizes(share.planned, share.batches)
         collate = copy.copy(self.collate)
         collate.epoch = torch.tensor(epoch, dtype=torch.int64)  # this pass's, in this worker only
         weak = self._weak_modality()
@@ -364,7 +368,7 @@ class MidasBatches:
                 window.append((sample_id, item))
                 accepted += 1
                 if len(window) >= hold:
-                    ready.extend(self._draw(window, generator, weak))
+                    ready.extend(self._draw(window, generator, weak, pruning))
                     window = []
             # Paced: after the first window, one batch per batch-size of new samples, so
             # every batch costs its worker the same reading work (as plain batching does)
@@ -378,8 +382,9 @@ class MidasBatches:
         for err in rejected:
             self._skip_or_raise(err, row)
         window.extend((sample_id, item) for sample_id, item, _ in taken)
-        if window:
-            ready.extend(self._draw(window, generator, weak))
+        while window:  # held samples may overfill it: windows keep their size (prune counts on it)
+            ready.extend(self._draw(window[:hold], generator, weak, pruning))
+            window = window[hold:]
         if share is None:
             self._report(row, before, place, epoch, [])
             yield from self._finish_unsized(collate, ready)
@@ -419,73 +424,6 @@ class MidasBatches:
         elif ready:
             yield self._batch(collate, ready, len(ready))
 
-    # -- what each worker receives, and what did not come ----------------------------------
-    def _plan(self, world_size: int, num_workers: int) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
-        key = (world_size, num_workers)
-        if key not in self._plans:
-            assert self.index is not None
-            exact = self.index.source != "hf"
-            counts = self.index.counts
-            self._plans[key] = (
-                batch_counts(counts, world_size, num_workers, self.batch_size, exact=exact),
-                worker_bounds(counts, world_size, num_workers, exact=exact),
-            )
-        return self._plans[key]
-
-    def _share(self, place: WorkerPlace) -> _Share | None:
-        """This worker's batches and samples in an epoch (``None`` without index sizes)."""
-        if self.index is None or self.resampled:
-            return None
-        batches, bounds = self._plan(place.world_size, place.num_workers)
-        low, high = bounds[place.rank][place.worker]
-        num_shards = len(self.index.shards)
-        if self.index.source == "hf":
-            shards = None
-            count = shard_share(num_shards, place.rank, place.world_size, place.worker, place.num_workers)
-        else:
-            shards = worker_shards(num_shards, place.rank, place.world_size, place.worker, place.num_workers)
-            count = len(shards)
-        return _Share(batches[place.rank][place.worker], low, high, shards, count)
-
-    def _arrival(
-        self, sample: Any, share: _Share | None, arrivals: dict[int, int], place: WorkerPlace, arrived: int
-    ) -> int | None:
-        """Count the sample against its shard; refuse more than the index allows. Returns the
-        shard's index position (``None`` when the sample names no shard or none is known)."""
-        if share is None:
-            return None
-        position = None
-        url = sample.get("__url__") if isinstance(sample, Mapping) else None
-        if share.shards is not None and url is not None and self.index is not None:
-            try:
-                position = self.index.shard_position(str(url))
-            except MidasDataError:
-                position = None  # named by _identify, with the rest of the sample's problems
-            if position is not None:
-                arrivals[position] = arrivals.get(position, 0) + 1
-                listed = self.index.shards[position].count
-                if arrivals[position] > listed:
-                    raise excess_error(sample, place, self.index, share.high, share.num_shards, position)
-        if arrived > share.high:
-            raise excess_error(sample, place, self.index, share.high, share.num_shards, None, share.shards)
-        return position
-
-    def _settle(
-        self, share: _Share, arrived: int, arrivals: dict[int, int], place: WorkerPlace, row: torch.Tensor
-    ) -> list[str]:
-        """At the end of a worker's stream: compare what came with the index. Shards that
-        gave fewer samples are inspected; returns the damaged ones (what is wrong with each)
-        after counting them; raises without a handler."""
-        missing = share.low - arrived
-        if missing <= 0:
-            return []
-        damaged, short = inspect_shortfall(self.index, share.shards, arrivals)
-        if self.handler is None:
-            raise shortfall_error(place, damaged, short, missing, arrived, share.low, share.num_shards)
-        row[_DAMAGED] += len(damaged)
-        row[_MISSING] += missing
-        return damaged
-
     def _report(
         self, row: torch.Tensor, before: torch.Tensor, place: WorkerPlace, epoch: int, damaged: list[str]
     ) -> None:
@@ -501,11 +439,6 @@ class MidasBatches:
         raise error
 
     # -- pieces ----------------------------------------------------------------------------
-    def _shards_text(self, share: _Share) -> str:
-        if share.shards is not None and self.index is not None:
-            return f"Shards {[self.index.shards[s].name for s in share.shards]}"
-        return f"It reads {share.num_shards} shards"
-
     def _weak_modality(self) -> int:
         if self.policy != "weak_modality" or self.stats is None:
             return -1
@@ -515,12 +448,18 @@ class MidasBatches:
         return -1 if chosen is None else chosen
 
     def _draw(
-        self, window: list[tuple[int, Any]], generator: torch.Generator, weak: int
+        self, window: list[tuple[int, Any]], generator: torch.Generator, weak: int, pruning: bool = False
     ) -> list[tuple[int, Any, float, int]]:
-        if not self.shuffle and self.policy == "uniform":
+        if not self.shuffle and self.policy in ("uniform", "prune") and not pruning:
             updates = -1 if self.stats is None else self.stats.num_updates
             return [(sid, item, 1.0, updates) for sid, item in window]
         ids = torch.tensor([sid for sid, _ in window], dtype=torch.int64)
+        if pruning:
+            assert self.stats is not None and self.prune is not None
+            updates = self.stats.num_updates
+            scores = getattr(self.stats, self.prune.score).index_select(0, ids)
+            positions, weights = prune_window(scores, self.prune.ratio, generator, self.shuffle)
+            return [(*window[p], w, updates) for p, w in zip(positions.tolist(), weights.tolist())]
         snapshot, updates = None, -1
         if self.stats is not None:
             updates = self.stats.num_updates
