@@ -1,4 +1,6 @@
-"""Command line: ``python -m midas_data demo`` (also installed as ``midas-data demo``).
+"""Command line: ``python -m midas_data demo`` (also installed as ``midas-data demo``);
+``check`` (will MIDAS help this data?), ``shards`` and ``reproduce`` are described by
+``--help``.
 
 Trains joint training and MIDAS on the offline printed + spoken digits (one seed), prints a
 comparison table of test metrics beside the multi-seed benchmark's figures on the same data
@@ -54,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_shards_parser(commands)
     _add_reproduce(commands)
+    _add_check(commands)
     return parser
 
 
@@ -111,6 +114,122 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         print(f"midas_data reproduce: error: {err}", file=sys.stderr)
         return 2
     print(main_json(summary), flush=True)
+    return 0
+
+
+CHECK_DEFAULTS = {"epochs": 5, "seeds": 3}
+CHECK_QUICK = {"epochs": 1, "seeds": 2, "train": 200, "val": 100}
+
+
+def _add_check(commands: Any) -> None:
+    from .recipes import RECIPES
+
+    check = commands.add_parser(
+        "check",
+        help="will MIDAS help? train each modality alone and joint training briefly, and compare",
+        description="The imbalance check (docs/imbalance_check.md): joint training with probe heads and each "
+        "modality alone, a short budget over a few seeds, validation accuracy; per modality the gap between "
+        "alone and its head under joint training, with a 95 % interval, and a verdict. Writes a plot and "
+        "report.json to --out; the last line of standard output is one JSON object.",
+    )
+    check.add_argument(
+        "--dataset",
+        default="demo",
+        choices=("demo", *sorted(RECIPES)),
+        help="demo: the bundled printed + spoken digits; a recipe's name: your copy under --root",
+    )
+    check.add_argument("--root", default=None, help="a recipe's dataset folder (docs/recipes.md)")
+    check.add_argument("--image-noise", type=float, default=None, help="demo: pixel noise of the images (0.5)")
+    check.add_argument("--audio-snr-db", type=float, default=None, help="demo: SNR of the speech in dB (-6)")
+    check.add_argument("--modalities", default=None, help="comma-separated modalities to check (default: all)")
+    check.add_argument("--seeds", type=int, default=None, help="seeds, at least 2 (default: 3; --quick: 2)")
+    check.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 5; --quick: 1)")
+    check.add_argument("--max-samples", type=int, default=None, help="recipes: cap the training split")
+    check.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="recipes: config override")
+    check.add_argument("--out", default="imbalance_check", help="folder for the plot and report.json")
+    check.add_argument("--quick", action="store_true", help="2 seeds x 1 epoch on a small subset: a smoke test")
+    check.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, tuple[str, ...], Any, str]:
+    from . import experiments as training
+    from .errors import MidasDataError
+
+    if args.dataset == "demo":
+        if args.root is not None:
+            raise MidasDataError("--root: the demo data is bundled; --root is for a recipe's dataset")
+        from .experiments.demo.glyphs import load_glyph_splits
+
+        knobs = {
+            k: v for k, v in (("image_noise", args.image_noise), ("audio_snr_db", args.audio_snr_db)) if v is not None
+        }
+        raw = load_glyph_splits(seed=0, **knobs)
+        if args.quick:
+            raw = {name: _subset(raw[name], CHECK_QUICK[name], 0) for name in ("train", "val")}
+        modalities = ("image", "audio")
+        train, val = (training.cache_dataset(raw[name], modalities) for name in ("train", "val"))
+        shapes = {m: tuple(v.shape[1:]) for m, v in train.tensors.items()}
+        budget = training.TrainConfig()
+
+        def factory() -> Any:
+            return training.build_model(shapes, 10, image_dropout=budget.image_dropout)
+
+        label = DATASET_NAME + "".join(f" {k}={v}" for k, v in knobs.items())
+        return train, val, factory, modalities, budget, label
+    if args.root is None:
+        raise MidasDataError(f"--root: expected the folder of your copy of {args.dataset} (docs/recipes.md)")
+    if args.image_noise is not None or args.audio_snr_db is not None:
+        raise MidasDataError("--image-noise, --audio-snr-db: only for --dataset demo")
+    from .recipes.imbalance import recipe_check_inputs
+
+    cap = CHECK_QUICK["train"] if args.quick and args.max_samples is None else args.max_samples
+    train, val, factory, modalities, budget = recipe_check_inputs(
+        args.dataset, args.root, overrides=args.set, max_samples=cap
+    )
+    return train, val, factory, modalities, budget, args.dataset
+
+
+def run_check_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .errors import MidasDataError
+    from .experiments.imbalance import check_imbalance, plot_imbalance
+
+    torch.set_num_threads(max(1, args.threads))
+    defaults = CHECK_QUICK if args.quick else CHECK_DEFAULTS
+    seeds = defaults["seeds"] if args.seeds is None else args.seeds
+    epochs = defaults["epochs"] if args.epochs is None else args.epochs
+    try:
+        train, val, factory, modalities, budget, label = _check_inputs(args)
+        if args.modalities:
+            modalities = tuple(m for m in args.modalities.split(",") if m)
+        report = check_imbalance(
+            factory, train, val, modalities, seeds=seeds, epochs=epochs, config=budget, progress=not args.no_progress
+        )
+    except (MidasDataError, ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"midas_data check: error: {message}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    plot = plot_imbalance(report, out / "imbalance_check.png", title=f"{label}: {report.verdict}")
+    (out / "report.json").write_text(
+        json.dumps({"dataset": label, "quick": bool(args.quick), **report.to_dict()}, indent=1)
+    )
+    print(f"imbalance check on {label} (train {len(train)}, val {len(val)}):")
+    print(report.table())
+    if args.quick:
+        print("quick mode: a smoke test on a small subset, not a verdict to act on")
+    summary = {"check": label, "verdict": report.verdict, "weak": report.weak, "quick": bool(args.quick)}
+    summary["modalities"] = {
+        r.modality: {"alone": r.alone, "head": r.head, "gap": r.gap["mean"], "gap_low": r.gap["low"],
+                     "gap_high": r.gap["high"], "verdict": r.verdict}
+        for r in report.rows
+    }  # fmt: skip
+    summary["plot"] = str(plot)
+    print(json.dumps(summary), flush=True)
     return 0
 
 
@@ -232,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(run_shards(args)), flush=True)
     elif args.command == "reproduce":
         return run_reproduce_command(args)
+    elif args.command == "check":
+        return run_check_command(args)
     return 0
 
 

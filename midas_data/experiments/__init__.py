@@ -11,8 +11,9 @@ and the model), ``config.py`` (the budget), ``method.py`` (the method protocol a
 training), ``mixup.py`` and ``ogm_ge.py`` (baselines), ``midas_method.py`` (MIDAS and its
 prioritised-sampler variants), ``registry.py`` (methods by name), ``evaluation.py``
 (including the BatchNorm protocols of evaluation), ``fit.py`` (the loop), ``metrics.py``,
-``paired.py`` (paired per-seed differences with t-intervals), ``report.py`` (plots and
-summaries) and ``demo/`` (the offline demo data). Nothing in the library core imports this package.
+``paired.py`` (paired per-seed differences with t-intervals), ``imbalance.py`` (the
+imbalance check: will MIDAS help this data?), ``report.py`` (plots and summaries) and
+``demo/`` (the offline demo data). Nothing in the library core imports this package.
 """
 
 from .config import TrainConfig
@@ -29,6 +30,7 @@ from .evaluation import (
     with_bn_protocol,
 )
 from .fit import FitResult, RunResult, fit, run
+from .imbalance import ImbalanceReport, ModalityCheck, check_imbalance, plot_imbalance
 from .method import JointTraining, Method, UnimodalTraining
 from .midas_method import InputLevelMidasMethod, MidasMethod, PrioritisedMidasMethod
 from .mixup import FeatureMixup, mixup_lambda
@@ -70,4 +72,8 @@ __all__ = [
     "fit",
     "RunResult",
     "run",
+    "check_imbalance",
+    "ImbalanceReport",
+    "ModalityCheck",
+    "plot_imbalance",
 ]
