@@ -12,6 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ACCURACY = "benchmarks/results/accuracy.md"
 STUDY = "benchmarks/results/study.md"
 SAVINGS = "benchmarks/results/feedback_savings.md"
+BAD_PAIRS = "benchmarks/results/bad_pairs.md"
+IMBALANCE = "benchmarks/results/imbalance_check.md"
+CHECK_SUMMARY = (
+    r"Agreement with the validation outcome: \*\*7 of 8\*\* cells \(5 of 5 glyphs cells [^\n]*, 2 of 3 held-out"
+)
 
 # (document, text as quoted there, source file, the source row (a regex) holding the same figures)
 QUOTES = [
@@ -28,6 +33,29 @@ QUOTES = [
      r"\| joint \+ prune vs joint \| 0\.695 \| 0\.753 \|[^\n]*\| -0\.10 \[-1\.04, \+0\.84\] \(tie\)"),
     ("README.md", "0.81 of the time for -0.61 points [-3.48, +2.26]", SAVINGS,
      r"\| MIDAS \+ prune vs MIDAS \| 0\.754 \| 0\.813 \|[^\n]*\| -0\.61 \[-3\.48, \+2\.26\] \(tie\)"),
+    ("README.md", "training held 89.8 % of them (5 seeds; the last values alone: 75.2 %; the per-sample loss "
+     "alone: 42.1 %; random: 5 %)", BAD_PAIRS,
+     r"\*\*`mean_surprise_late`\*\* \(chosen\) \|[^\n]*\| \*\*0\.898\*\* \|\n[^\n]*\n"
+     r"\| `surprise`, last value [^\n]*\| 0\.752 \|\n[^\n]*\n\| per-sample loss [^\n]*\| 0\.421 \|"),
+    ("README.md", "test accuracy (-0.84 points [-2.31, +0.63])", BAD_PAIRS, r"mean -0\.84 \[-2\.31, \+0\.63\] \(a tie\)"),
+    ("docs/feedback.md", "0.898 (0.905, 0.905, 0.890, 0.910, 0.880)", BAD_PAIRS,
+     r"0\.905 / 0\.905 / 0\.890 / 0\.910 / 0\.880 \| \*\*0\.898\*\*"),
+    ("README.md", "agreed with MIDAS's measured validation outcome on 7 of 8 cells", IMBALANCE, CHECK_SUMMARY),
+    ("README.md", "2 of the 3 held out from the choice of its thresholds", IMBALANCE, CHECK_SUMMARY),
+    ("docs/imbalance_check.md", "on 7 of 8 cells: the study's five, where agreement is in-sample, and 2 of the 3 "
+     "held-out 8x8 datasets", IMBALANCE, CHECK_SUMMARY),
+    ("docs/imbalance_check.md", "a constant `no_need` would already agree on 4", IMBALANCE,
+     r"A constant `no_need` would agree with 4 of 8 validation outcomes"),
+    ("docs/imbalance_check.md", "MIDAS won where the check put the image's lift at 0.61", IMBALANCE,
+     r"image_noise=0\.3 \|[^\n]*\| 0\.61 \| helps \| \+2\.7 \[\+1\.4, \+4\.0\] win \|"),
+    ("docs/imbalance_check.md", "tied at 0.32 (twice)", IMBALANCE,
+     r"image_noise=0\.5 \(default\) \|[^\n]*\| 0\.32 \| no_need \| [^|]* tie \|[^\n]*\n"
+     r"[^\n]*\n[^\n]*\n\| glyphs audio_snr_db=0 \|[^\n]*\| 0\.32 \| no_need \| [^|]* tie \|"),
+    ("docs/imbalance_check.md", "lost at 0.16 and 0.03", IMBALANCE,
+     r"image_noise=0\.7 \|[^\n]*\| 0\.16 \| hurts \| [^|]* loss \|[^\n]*\n"
+     r"[^\n]*image_noise=1\.2 \|[^\n]*\| 0\.03 \| hurts \| [^|]* loss \|"),
+    ("docs/imbalance_check.md", "(8.5 points or more, the interval above 0)", IMBALANCE,
+     r"image_noise=0\.7 \| chose thresholds \| image \| 25\.5 \| 17\.0 \| \+8\.5 \[\+2\.2, \+14\.7\]"),
 ]  # fmt: skip
 
 
