@@ -222,6 +222,13 @@ def midas_loader(
 
     ``num_classes``, when given, makes a label outside ``[0, num_classes)`` an error that
     names its sample as the batch is built (see ``docs/errors.md``).
+
+    Multi-label items (for ``MidasObjective(task="multilabel")``): a label that is a float
+    or bool vector ``[C]`` is a multi-hot row; a list of class ids (or an integer vector,
+    as a Hugging Face column of lists gives) becomes one and needs ``num_classes``. The
+    batch's ``labels`` are then float32 ``[B, C]``, and ``rule="different_label"`` pairs
+    each sample with one of another label set (``"different_set"``; ``"disjoint"``: no
+    shared class). See ``docs/concepts.md``.
     """
     for taken in ("sampler", "batch_sampler", "collate_fn", "batch_size", "shuffle", "drop_last"):
         if taken in loader_kwargs:

@@ -14,6 +14,7 @@ PACKAGE = Path(midas_data.__file__).parent
 # Floor of every part: a module may import only from lower floors or from its own folder.
 FLOORS = {
     "functional": 1,
+    "multilabel": 1,
     "controller": 1,
     "models": 1,
     "debug": 1,

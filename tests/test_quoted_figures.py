@@ -37,7 +37,8 @@ QUOTES = [
      "alone: 42.1 %; random: 5 %)", BAD_PAIRS,
      r"\*\*`mean_surprise_late`\*\* \(chosen\) \|[^\n]*\| \*\*0\.898\*\* \|\n[^\n]*\n"
      r"\| `surprise`, last value [^\n]*\| 0\.752 \|\n[^\n]*\n\| per-sample loss [^\n]*\| 0\.421 \|"),
-    ("README.md", "test accuracy (-0.84 points [-2.31, +0.63])", BAD_PAIRS, r"mean -0\.84 \[-2\.31, \+0\.63\] \(a tie\)"),
+    ("README.md", "test accuracy (-0.84 points [-2.31, +0.63])", BAD_PAIRS,
+     r"mean -0\.84 \[-2\.31, \+0\.63\] \(a tie\)"),
     ("docs/feedback.md", "0.898 (0.905, 0.905, 0.890, 0.910, 0.880)", BAD_PAIRS,
      r"0\.905 / 0\.905 / 0\.890 / 0\.910 / 0\.880 \| \*\*0\.898\*\*"),
     ("README.md", "agreed with MIDAS's measured validation outcome on 7 of 8 cells", IMBALANCE, CHECK_SUMMARY),

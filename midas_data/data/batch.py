@@ -86,7 +86,8 @@ class MidasBatch:
 
     Attributes:
         inputs: modality name -> collated aligned input (``B`` rows).
-        labels: ``LongTensor [B]`` class ids.
+        labels: ``LongTensor [B]`` class ids, or float32 ``[B, C]`` multi-hot rows for
+            multi-label items.
         ids: ``LongTensor [B]`` global sample ids (dataset indices), int64 always.
         plan: ``LongTensor [K, M]``, for each misaligned row the batch row of each
             modality, columns in the order of ``modalities``.

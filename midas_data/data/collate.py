@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import default_collate, get_worker_info
 
 from ..errors import MidasDataError
-from ..functional import PARTNER_RULES, plan_pairs
+from ..functional import PARTNER_RULES, PairPlan, plan_pairs
+from ..multilabel import MULTILABEL_RULES, plan_pairs_multilabel
 from .batch import MidasBatch
 from .diagnose import (
     describe,
@@ -36,6 +37,7 @@ from .diagnose import (
     shared_memory_exhausted,
     shared_memory_message,
 )
+from .labels import as_multi_hot, check_label_kinds, is_label_set, majority_kind
 from .packing import pack_tensors, stackable
 
 __all__ = ["MidasCollate", "ModalityKeys", "as_label", "plan_seed", "MODES"]
@@ -79,7 +81,10 @@ def as_label(value: Any, sample_id: int, key: Key) -> int:
     if isinstance(value, str):
         hint = "; map class names to ids in the dataset, e.g. {name: i for i, name in enumerate(sorted(names))}"
     elif (isinstance(value, torch.Tensor) and value.numel() > 1) or (isinstance(value, np.ndarray) and value.size > 1):
-        hint = "; a one-hot or multi-label vector is not a class id (for one-hot, take its argmax in the dataset)"
+        hint = (
+            "; a one-hot or multi-label vector is not a class id (for one-hot, take its argmax in the dataset; "
+            "a multi-label dataset gives every sample a vector or a list of class ids)"
+        )
     raise MidasDataError(
         f"sample {sample_id}: label {key!r} is {value!r} ({type(value).__name__}); expected an integer class id{hint}"
     )
@@ -118,7 +123,10 @@ class MidasCollate:
             are built here in the worker and shipped with the batch (three times the bytes
             for two modalities; measured in ``benchmarks/loader_overhead.py``).
         seed: base seed of the plans.
-        rule: partner rule, ``"different_label"`` (paper) or ``"any"`` (reference code).
+        rule: partner rule, ``"different_label"`` (paper) or ``"any"`` (reference code). For
+            multi-label items (a label that is a vector or a list of class ids, converted to a
+            multi-hot row ``[C]``) ``"different_label"`` reads as ``"different_set"`` (the
+            partner's label set differs); ``"disjoint"`` asks for no shared class.
         modality_collate: per-modality collate functions, e.g. a tokenizer's padding
             collator for text; the default is ``torch.utils.data.default_collate``.
         epoch: a shared ``int64`` tensor holding the current epoch, written by the sampler
@@ -154,8 +162,8 @@ class MidasCollate:
             raise ValueError(f"modalities: MIDAS needs at least two modality keys, got {list(self.keys)}")
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-        if rule not in PARTNER_RULES:
-            raise ValueError(f"rule: expected one of {PARTNER_RULES}, got {rule!r}")
+        if rule not in PARTNER_RULES + MULTILABEL_RULES:
+            raise ValueError(f"rule: expected one of {PARTNER_RULES + MULTILABEL_RULES}, got {rule!r}")
         unknown = set(modality_collate or {}) - set(self.keys)
         if unknown:
             raise ValueError(f"modality_collate: names {sorted(unknown)} are not modalities {list(self.keys)}")
@@ -175,6 +183,7 @@ class MidasCollate:
         # then keeps the epoch it was given.
         self._epoch_shared = epoch is not None
         self.epoch = epoch if epoch is not None else torch.zeros((), dtype=torch.int64)
+        self._multilabel: bool | None = None  # the label kind of the first batch built here
 
     def __call__(self, samples: list[tuple[int, Any]]) -> MidasBatch:
         if not samples:
@@ -185,12 +194,24 @@ class MidasCollate:
                 "MidasDataset or use midas_loader"
             )
         ids = [sid for sid, _ in samples]
-        label_list = [self._label(sid, item) for sid, item in samples]
-        check_label_range(ids, label_list, self.num_classes)
-        labels = torch.tensor(label_list, dtype=torch.int64)
+        raw = [self._field(sid, item, self.label_key, "label") for sid, item in samples]
+        kinds = [is_label_set(v) for v in raw]
+        if not (majority_kind(kinds) if self._multilabel is None else self._multilabel):
+            for sid, value, kind in zip(ids, raw, kinds):
+                if kind:  # a vector among class ids: as_label says why it is not one
+                    as_label(value, sid, self.label_key)
+        self._multilabel = check_label_kinds(ids, kinds, self._multilabel)
+        rule = self._batch_rule()
         epoch = int(self.epoch)
         generator = torch.Generator().manual_seed(plan_seed(self.seed, epoch, ids))
-        plan = plan_pairs(labels, len(self.modalities), generator, self.rule)
+        if self._multilabel:
+            labels = self._multi_hot(ids, raw)
+            plan = PairPlan(*plan_pairs_multilabel(labels, len(self.modalities), generator, rule))
+        else:
+            label_list = [as_label(v, sid, self.label_key) for sid, v in zip(ids, raw)]
+            check_label_range(ids, label_list, self.num_classes)
+            labels = torch.tensor(label_list, dtype=torch.int64)
+            plan = plan_pairs(labels, len(self.modalities), generator, rule)
         # In a worker, the tensor modalities that default_collate would stack go into one
         # buffer with labels, ids and plan, so that the batch crosses to the main process as
         # one shared-memory segment. In the main process there is nothing to send and each
@@ -232,7 +253,7 @@ class MidasCollate:
             num_unpaired=plan.num_unpaired,
             extras=self._extras(samples),
             epoch=epoch if self._epoch_shared else -1,
-            rule=self.rule,
+            rule=rule,
         )
         if batch.input_level and self.materialize_in_worker:
             batch._misaligned = batch.materialize()
@@ -294,8 +315,26 @@ class MidasCollate:
                 extras[key] = column
         return extras
 
-    def _label(self, sample_id: int, item: Any) -> int:
-        return as_label(self._field(sample_id, item, self.label_key, "label"), sample_id, self.label_key)
+    def _batch_rule(self) -> str:
+        """The pairing rule for this batch's kind of label."""
+        if not self._multilabel:
+            if self.rule not in PARTNER_RULES:
+                raise MidasDataError(
+                    f"rule={self.rule!r} is a multi-label rule, but the items have single class ids; use one of "
+                    f"{PARTNER_RULES}"
+                )
+            return self.rule
+        return "different_set" if self.rule == "different_label" else self.rule
+
+    def _multi_hot(self, ids: list[int], raw: list[Any]) -> torch.Tensor:
+        rows = [as_multi_hot(v, sid, self.label_key, self.num_classes) for sid, v in zip(ids, raw)]
+        for sid, row in zip(ids, rows):
+            if row.shape != rows[0].shape:
+                raise MidasDataError(
+                    f"sample {sid}: label has {row.numel()} classes but sample {ids[0]} has {rows[0].numel()}; "
+                    "every multi-hot label needs one entry per class"
+                )
+        return torch.stack(rows)
 
     def _collate_modality(self, name: str, samples: list[tuple[int, Any]], values: list[Any]) -> Any:
         collate = self.modality_collate.get(name, default_collate)

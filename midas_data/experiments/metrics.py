@@ -7,7 +7,9 @@
   (top-2 for two modalities; ALGORITHM.md section 7);
 * :func:`modality_confidence`: the fusion head's mean probability on each modality's
   source label over misaligned samples, the paper's picture of which modality the model
-  listens to.
+  listens to;
+* multi-label: :func:`multilabel_f1` (micro, macro, weighted and samples F1 of thresholded
+  probabilities) and :func:`select_threshold` (one global threshold chosen on validation).
 
 Predictions may be given as logits or probabilities ``[N, C]`` (argmax is the same) or as
 class ids ``[N]``. scikit-learn is imported only when a function needs it, so the core
@@ -28,7 +30,12 @@ __all__ = [
     "misaligned_hits",
     "misaligned_accuracy",
     "modality_confidence",
+    "multilabel_f1",
+    "select_threshold",
+    "MULTILABEL_AVERAGES",
 ]
+
+MULTILABEL_AVERAGES = ("micro", "macro", "weighted", "samples")
 
 
 def _sklearn_metrics() -> Any:
@@ -159,3 +166,50 @@ def modality_confidence(
             f"modalities: expected {len(means)} names (one per column of source_labels), got {len(modalities)}"
         )
     return dict(zip(modalities, means))
+
+
+def _check_multilabel(probabilities: torch.Tensor, targets: torch.Tensor) -> None:
+    if probabilities.dim() != 2 or probabilities.shape != targets.shape or probabilities.shape[0] == 0:
+        raise ValueError(
+            f"probabilities {tuple(probabilities.shape)} and targets {tuple(targets.shape)}: expected the same "
+            "non-empty shape [N, C]"
+        )
+    if not probabilities.dtype.is_floating_point:
+        raise TypeError(f"probabilities: expected sigmoid outputs in [0, 1], got {probabilities.dtype}")
+
+
+def multilabel_f1(
+    probabilities: torch.Tensor, targets: torch.Tensor, threshold: float = 0.5, average: str = "micro"
+) -> float:
+    """scikit-learn's F1 of multi-label predictions ``probabilities >= threshold``.
+
+    ``probabilities`` ``[N, C]`` are per-class sigmoid outputs, ``targets`` ``[N, C]``
+    multi-hot (values above 0.5 count as present). ``average``: ``"micro"`` (pooled over
+    every sample and class), ``"macro"`` (mean of per-class F1), ``"weighted"`` (per-class F1
+    weighted by support) or ``"samples"`` (mean of per-sample F1). An undefined F1 (no true
+    and no predicted label) counts as 0.
+    """
+    _check_multilabel(probabilities, targets)
+    if average not in MULTILABEL_AVERAGES:
+        raise ValueError(f"average: expected one of {MULTILABEL_AVERAGES}, got {average!r}")
+    predicted = (probabilities.detach() >= threshold).cpu().numpy().astype("int64")
+    truth = (targets.detach() > 0.5).cpu().numpy().astype("int64")
+    return float(_sklearn_metrics().f1_score(truth, predicted, average=average, zero_division=0))
+
+
+def select_threshold(
+    probabilities: torch.Tensor,
+    targets: torch.Tensor,
+    candidates: Sequence[float] | None = None,
+    average: str = "micro",
+) -> tuple[float, float]:
+    """One global threshold chosen on validation: ``(threshold, F1)`` maximising
+    :func:`multilabel_f1` with ``average`` over ``candidates`` (default 0.05, 0.10, ..., 0.95;
+    the smallest threshold wins ties). Apply the threshold unchanged to the test split.
+    """
+    _check_multilabel(probabilities, targets)
+    grid = [round(0.05 * k, 2) for k in range(1, 20)] if candidates is None else list(candidates)
+    if not grid:
+        raise ValueError("candidates: expected at least one threshold")
+    best = max(grid, key=lambda t: (multilabel_f1(probabilities, targets, t, average), -t))
+    return float(best), multilabel_f1(probabilities, targets, best, average)

@@ -187,7 +187,10 @@ class MidasTrainer(Trainer):
         labels = inputs.get(self.label_names[0]) if self.label_names else None
         if labels is None:
             raise KeyError(f"MidasTrainer: the batch has no label column {self.label_names} (it has {list(inputs)})")
-        loss = F.cross_entropy(output.fusion_logits, labels)
+        if getattr(self.objective, "task", "single_label") == "multilabel":
+            loss = F.binary_cross_entropy_with_logits(output.fusion_logits.float(), labels.float())
+        else:
+            loss = F.cross_entropy(output.fusion_logits, labels)
         return (loss, {"logits": output.fusion_logits}) if return_outputs else loss
 
     def _feed_back(self, batch: MidasBatch, diagnostics: Mapping[str, Any]) -> None:

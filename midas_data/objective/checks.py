@@ -46,7 +46,8 @@ def validate_step(
     """Shapes on the host, then every value check in one device synchronisation;
     details (more synchronisations) only once a check has failed."""
     if labels.dim() != 1 or labels.dtype.is_floating_point:
-        raise TypeError(f"labels: expected an integer tensor [B], got {labels.dtype} {tuple(labels.shape)}")
+        hint = "; for multi-hot labels use MidasObjective(..., task='multilabel')" if labels.dim() == 2 else ""
+        raise TypeError(f"labels: expected an integer tensor [B], got {labels.dtype} {tuple(labels.shape)}{hint}")
     batch = labels.shape[0]
     if batch == 0:
         raise ValueError("labels: the batch is empty")

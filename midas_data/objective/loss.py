@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import functional as MF
@@ -39,14 +38,9 @@ from ..controller import VARIANTS, WeakModalityController
 from ..data.batch import MidasBatch
 from ..distributed import is_distributed
 from ..models import MultimodalOutput
-from .checks import (
-    MisalignedTally,
-    check_feature_dtypes,
-    check_state_modalities,
-    fusion_head,
-    unpack_batch,
-    validate_step,
-)
+from .checks import MisalignedTally, check_feature_dtypes, check_state_modalities, fusion_head, unpack_batch
+from .multilabel import MultilabelTerms
+from .terms import SingleLabelTerms, per_anchor_means
 
 __all__ = ["MidasObjective"]
 
@@ -55,6 +49,9 @@ _FORMAT = "midas_data.MidasObjective/2"
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # The pairing rule each variant is defined with (paper: partners of another class).
 _RULE_OF_VARIANT = {"paper": "different_label", "reference": "any"}
+_TERMS = {"single_label": SingleLabelTerms, "multilabel": MultilabelTerms}
+# Multi-label batches are planned with their own rules; "any" stays the reference form.
+_MULTILABEL_RULES_OF_VARIANT = {"paper": ("different_set", "disjoint"), "reference": ("any",)}
 
 
 @dataclass
@@ -116,6 +113,10 @@ class MidasObjective(nn.Module):
             prioritised policies) or ``"mean"`` (each source's share of the row weighted by
             its own weight; bounded by the largest weight, for pruning with large weights),
             see :func:`~midas_data.functional.pair_importance_weights`.
+        task: ``"single_label"`` (default; integer class ids ``[B]``, cross-entropy) or
+            ``"multilabel"`` (multi-hot float labels ``[B, C]``, binary cross-entropy per class,
+            confidence ``exp(-BCE)`` on the label set; see ``docs/concepts.md``). The paper
+            variant accepts batches planned with ``rule="different_set"`` or ``"disjoint"``.
 
     Call it with the model's output on the aligned batch and either a :class:`MidasBatch`
     or ``labels`` and ``plan``; pass ``model`` (feature level: its ``fuse`` runs the fusion
@@ -148,8 +149,13 @@ class MidasObjective(nn.Module):
         sync_alpha: bool = True,
         process_group: Any = None,
         pair_weighting: str = "product",
+        task: str = "single_label",
     ) -> None:
         super().__init__()
+        if task not in _TERMS:
+            raise ValueError(f"task: expected one of {tuple(_TERMS)}, got {task!r}")
+        self.task = task
+        self._terms = _TERMS[task]
         if pair_weighting not in MF.PAIR_WEIGHTINGS:
             raise ValueError(f"pair_weighting: expected one of {MF.PAIR_WEIGHTINGS}, got {pair_weighting!r}")
         self.pair_weighting = pair_weighting
@@ -292,7 +298,12 @@ class MidasObjective(nn.Module):
         (``midas_loader`` under a policy other than ``uniform``, the streaming stage), else
         uniform sampling. ``update_alpha=False`` leaves alpha alone.
         """
-        rule = _RULE_OF_VARIANT[self.variant]
+        rule, planned = _RULE_OF_VARIANT[self.variant], getattr(batch, "rule", "")
+        if self.task == "multilabel":
+            allowed = _MULTILABEL_RULES_OF_VARIANT[self.variant]
+            rule = planned if planned in allowed else allowed[0]
+        elif planned in ("different_set", "disjoint"):
+            raise TypeError("labels: the batch holds multi-hot labels; use MidasObjective(..., task='multilabel')")
         labels, plan, num_unpaired, sample_weights = unpack_batch(
             batch, labels, plan, num_unpaired, sample_weights, self.modalities, self.variant, rule
         )
@@ -327,7 +338,7 @@ class MidasObjective(nn.Module):
                     f"plan row), got {tuple(misaligned_logits.shape)}"
                 )
         if self.validate:
-            validate_step(
+            self._terms.validate(
                 self.num_classes, self.modalities, features, uni_logits, output.fusion_logits, labels, batch,
                 None if warmup else plan, None if warmup else misaligned_logits,
             )  # fmt: skip
@@ -365,18 +376,18 @@ class MidasObjective(nn.Module):
         mis = self._misaligned_terms(features, plan, anchors, labels, aligned.confidences, fuse, misaligned_logits)
         with torch.no_grad():
             shares = MF.normalized_confidences(mis.row_confidences)
-            mis_probs = mis.logits.detach().float().softmax(dim=1)
-            q = MF.fusion_confidence_ratio(mis_probs, mis.source_labels)
+            fusion_source = self._terms.source_confidences(mis.logits, mis.source_labels)
+            q = MF.normalized_confidences(fusion_source)
             totals = None
             if stepping:
                 totals = self.controller.statistic(
                     shares,
                     q,
                     aligned_confidences=aligned.confidences,
-                    fusion_source_probs=mis_probs.gather(1, mis.source_labels),
+                    fusion_source_probs=fusion_source,
                 )
         alpha = self._batch_alpha(totals, aligned.confidences, mis.row_confidences.device)
-        loss_rows = MF.misaligned_loss(mis.logits, mis.row_confidences, mis.source_labels, alpha, mis.weights)
+        loss_rows = self._terms.misaligned_loss(mis.logits, mis.row_confidences, mis.source_labels, alpha, mis.weights)
         if sample_weights is not None:
             loss_mis = (loss_rows * MF.pair_importance_weights(sample_weights, plan, self.pair_weighting)).mean()
         else:
@@ -408,20 +419,17 @@ class MidasObjective(nn.Module):
     ) -> _Aligned:
         """``L_uni`` and ``L_align`` per aligned row, the unimodal confidences and the
         unweighted ``L_align`` (the table's ``loss`` column), float32."""
-        parts = torch.stack([F.cross_entropy(lg.float(), labels, reduction="none") for lg in uni_logits], dim=1)
+        parts, loss_align, confidences = self._terms.aligned(uni_logits, fusion_logits, labels)
         loss_uni = parts.sum(dim=1) if self.variant == "paper" else parts.mean(dim=1)
-        loss_align = F.cross_entropy(fusion_logits.float(), labels, reduction="none")
         raw_loss_align = loss_align.detach()
         if sample_weights is not None:
-            if sample_weights.shape != labels.shape:
+            if sample_weights.shape != labels.shape[:1]:
                 raise ValueError(
-                    f"sample_weights: expected shape {list(labels.shape)} (one per aligned row), "
+                    f"sample_weights: expected shape {list(labels.shape[:1])} (one per aligned row), "
                     f"got {list(sample_weights.shape)}"
                 )
             sample_weights = sample_weights.detach().to(labels.device, torch.float32, non_blocking=True)
             loss_uni, loss_align = loss_uni * sample_weights, loss_align * sample_weights
-        with torch.no_grad():
-            confidences = MF.gather_confidences([lg.detach().float().softmax(dim=1) for lg in uni_logits], labels)
         return _Aligned(loss_uni, loss_align, confidences, raw_loss_align)
 
     def _warmup_loss(self, aligned: _Aligned, labels: torch.Tensor, diagnostics: dict[str, Any]) -> torch.Tensor:
@@ -502,7 +510,7 @@ class MidasObjective(nn.Module):
     def _per_sample_statistics(self, mis: _Misaligned, loss_rows: torch.Tensor, batch_size: int) -> dict[str, Any]:
         """Per aligned row: mean similarity and misaligned loss of its copies, and whether
         it had any (the stats table's columns)."""
-        similarity, loss, has = _per_anchor_means(mis.anchors, batch_size, [mis.similarity, loss_rows.detach()])
+        similarity, loss, has = per_anchor_means(mis.anchors, batch_size, [mis.similarity, loss_rows.detach()])
         return {"similarity": similarity, "misaligned_loss": loss, "has_misaligned": has}
 
     # -- helpers -----------------------------------------------------------------------
@@ -531,16 +539,3 @@ def _fusion_autocast(features: list[torch.Tensor]) -> contextlib.AbstractContext
     if not torch.amp.is_autocast_available(device_type) or torch.is_autocast_enabled(device_type):
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=low[0])
-
-
-def _per_anchor_means(anchors: torch.Tensor, batch_size: int, values: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Mean of each ``[K]`` value over the rows of each anchor, ``[B]`` (0 where none), plus
-    a ``[B]`` bool of which anchors had rows."""
-    counts = torch.zeros(batch_size, device=anchors.device).index_add_(
-        0, anchors, torch.ones_like(anchors, dtype=torch.float32)
-    )
-    means = [
-        torch.zeros(batch_size, device=anchors.device).index_add_(0, anchors, v.float()) / counts.clamp_min(1.0)
-        for v in values
-    ]
-    return means + [counts > 0]

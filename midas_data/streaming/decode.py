@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..data.collate import as_label
+from ..data.labels import is_label_set
 from ..errors import MidasDataError
 from .ids import ShardIndex
 
@@ -209,7 +210,8 @@ class SampleReader:
                 raise MidasDataError(f"modality {name!r} is None (a missing value); every sample needs every modality")
         if item[self.label_key] is None:
             raise MidasDataError(f"label {self.label_key!r} is None (a missing value)")
-        item[self.label_key] = as_label(item[self.label_key], sample_id, self.label_key)
+        if is_label_set(item[self.label_key]) is False:  # label sets are checked as the batch is built
+            item[self.label_key] = as_label(item[self.label_key], sample_id, self.label_key)
         if self.num_ids is not None and not 0 <= sample_id < self.num_ids:
             raise MidasDataError(f"sample id {sample_id} is outside the stats table [0, {self.num_ids})")
         if not self.resampled:

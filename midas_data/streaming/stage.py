@@ -103,6 +103,10 @@ class MidasBatches(WorkerShares):
             ``with_epoch`` for equal work then).
         id_field: a field holding each sample's int id (used instead of the index's map).
         mode, seed, rule, modality_collate, materialize_in_worker: as :class:`MidasCollate`.
+        num_classes: ``C``, as :class:`MidasCollate`: class ids are checked against it, and a
+            label member holding a list of class ids (``json``) or an integer array (``npy``)
+            becomes a multi-hot row ``[C]`` (multi-label streams need it); a float ``npy``
+            member is a multi-hot row as it is.
         stats: the :class:`StatsTable` (created before workers start) the prioritised
             policies read; workers read it through shared memory.
         policy: ``"uniform"`` (default), ``"hard"``, ``"weak_modality"``, or ``"prune"`` (a
@@ -172,6 +176,7 @@ class MidasBatches(WorkerShares):
         allow_pickle: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
+        num_classes: int | None = None,
     ) -> None:
         if isinstance(modalities, (str, Mapping)):
             raise TypeError("modalities: expected a sequence of field names, e.g. ('image', 'audio')")
@@ -230,6 +235,7 @@ class MidasBatches(WorkerShares):
             modality_collate=modality_collate,
             epoch=self.epoch,
             materialize_in_worker=materialize_in_worker,
+            num_classes=num_classes,
         )
         self._checked = tuple(n for n in self.names if n not in (modality_collate or {}))
         self._counts = torch.zeros((MAX_WORKERS, len(SKIP_COUNTS)), dtype=torch.int64).share_memory_()
