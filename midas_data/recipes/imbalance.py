@@ -1,8 +1,8 @@
 """The imbalance check on a recipe's dataset: its scan, split, readers and encoders.
 
 ``python -m midas_data check --dataset cremad --root PATH`` reads the training and
-validation splits of the recipe's 70/10/20 re-split (deterministic preprocessing, no
-augmentation) into memory and builds the recipe's model for
+validation splits of the recipe's 70/10/20 re-split (or the dataset's own split, for
+CMU-MOSEI; deterministic preprocessing, no augmentation) into memory and builds the recipe's model for
 :func:`midas_data.experiments.imbalance.check_imbalance`. ``max_samples`` caps the
 training split (a seeded random subset) so that a check on a large dataset stays short.
 """
@@ -20,6 +20,7 @@ from ..experiments.datasets import InMemoryDataset, cache_dataset
 from ..models import LateFusionClassifier
 from .common import RecipeDataset
 from .config import apply_overrides, recipe_config
+from .reproduce import SplitScan
 from .split import stratified_split
 
 __all__ = ["recipe_check_inputs"]
@@ -41,7 +42,16 @@ def recipe_check_inputs(
     config = apply_overrides(recipe_config(name), list(overrides))
     root = Path(root)
     scan = recipe.scan(root, config, skip_unreadable=False, check_media=False)
-    splits = stratified_split(scan.labels(), config.split, config.split_seed)
+    make = RecipeDataset
+    if isinstance(scan, SplitScan):  # a dataset that ships its own split (MM-IMDB, CMU-MOSEI)
+        if scan.multilabel:
+            raise MidasDataError(
+                f"dataset {name!r} is multi-label; the imbalance check compares single-label accuracies "
+                "(alone against the head under joint training) and does not read multi-label data yet"
+            )
+        splits, make = scan.splits, scan.dataset
+    else:
+        splits = stratified_split(scan.labels(), config.split, config.split_seed)
     readers = recipe.readers(config, None)
     train_rows = list(splits["train"])
     if max_samples is not None and max_samples < len(train_rows):
@@ -53,7 +63,7 @@ def recipe_check_inputs(
         )
     modalities = tuple(config.modalities)
     data = {
-        split: cache_dataset(RecipeDataset([scan.samples[i] for i in rows], readers, train=False), modalities)
+        split: cache_dataset(make([scan.samples[i] for i in rows], readers, train=False), modalities)
         for split, rows in (("train", train_rows), ("val", splits["val"]))
     }
     example: dict[str, Any] = data["train"][0]
