@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .pair_layout import direction_blocks
+
 __all__ = [
     "PairPlan",
     "plan_partners",
@@ -142,27 +144,19 @@ def plan_pairs(
             )
             forced = torch.randint(num_modalities - 1, (num_modalities, batch), generator=generator, device=gen_device)
 
-    directions = []
-    for kept in range(num_modalities):
-        if num_modalities == 2:
-            src = torch.stack([rows, partner], dim=1) if kept == 0 else torch.stack([partner, rows], dim=1)
-        else:
-            src = extra[kept].clone()
-            src[:, kept] = rows
-            if rule == "different_label":
-                has_other = (y[src] != y.unsqueeze(1)).any(dim=1)
-                # forced[kept] indexes the M-1 replaced modalities; skip the kept column.
-                col = forced[kept] + (forced[kept] >= kept).long()
-                fix = ~has_other
-                src[fix, col[fix]] = partner[fix]
-        directions.append(src)
-    sources = torch.cat(directions, dim=0)
-    anchors = rows.repeat(num_modalities)
-    keep = valid.repeat(num_modalities)
-    requested = sources.shape[0]
-    if not bool(keep.all()):
-        sources, anchors = sources[keep], anchors[keep]
-    return PairPlan(sources.to(device), anchors.to(device), requested - sources.shape[0])
+    def lacks_other(src: torch.Tensor) -> torch.Tensor:
+        return ~(y[src] != y.unsqueeze(1)).any(dim=1)
+
+    sources, anchors, unpaired = direction_blocks(
+        rows,
+        partner,
+        valid,
+        num_modalities,
+        extra if num_modalities > 2 else None,
+        forced if num_modalities > 2 and rule == "different_label" else None,
+        lacks_other if rule == "different_label" else None,
+    )
+    return PairPlan(sources.to(device), anchors.to(device), unpaired)
 
 
 def plan_partners(

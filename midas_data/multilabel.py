@@ -35,6 +35,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .pair_layout import direction_blocks
+
 __all__ = [
     "MULTILABEL_RULES",
     "check_multi_hot",
@@ -177,25 +179,20 @@ def plan_pairs_multilabel(
     if num_modalities > 2:
         extra = torch.randint(batch, (num_modalities, batch, num_modalities), generator=generator, device=gen_device)
         forced = torch.randint(num_modalities - 1, (num_modalities, batch), generator=generator, device=gen_device)
-    directions = []
-    for kept in range(num_modalities):
-        if num_modalities == 2:
-            src = torch.stack([rows, partner], dim=1) if kept == 0 else torch.stack([partner, rows], dim=1)
-        else:
-            src = extra[kept].clone()
-            src[:, kept] = rows
-            if rule != "any":
-                fix = ~allowed[rows.unsqueeze(1), src].any(dim=1)
-                col = forced[kept] + (forced[kept] >= kept).long()
-                src[fix, col[fix]] = partner[fix]
-        directions.append(src)
-    sources = torch.cat(directions, dim=0)
-    anchors = rows.repeat(num_modalities)
-    keep = valid.repeat(num_modalities)
-    requested = sources.shape[0]
-    if not bool(keep.all()):
-        sources, anchors = sources[keep], anchors[keep]
-    return sources.to(device), anchors.to(device), requested - sources.shape[0]
+
+    def lacks_other(src: torch.Tensor) -> torch.Tensor:
+        return ~allowed[rows.unsqueeze(1), src].any(dim=1)
+
+    sources, anchors, unpaired = direction_blocks(
+        rows,
+        partner,
+        valid,
+        num_modalities,
+        extra if num_modalities > 2 else None,
+        forced if num_modalities > 2 else None,
+        lacks_other if rule != "any" else None,
+    )
+    return sources.to(device), anchors.to(device), unpaired
 
 
 def ids_to_multi_hot(class_ids: Sequence[int], num_classes: int) -> torch.Tensor:

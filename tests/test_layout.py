@@ -20,6 +20,7 @@ FLOORS = {
     "debug": 1,
     "errors": 0,
     "distributed": 0,
+    "pair_layout": 0,
     "data": 2,
     "feedback": 2,
     "objective": 3,
