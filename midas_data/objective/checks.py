@@ -22,6 +22,7 @@ from ..models import unwrap_model
 
 __all__ = [
     "validate_step",
+    "validate_outputs",
     "check_feature_dtypes",
     "check_state_modalities",
     "fusion_head",
@@ -48,7 +49,30 @@ def validate_step(
     if labels.dim() != 1 or labels.dtype.is_floating_point:
         hint = "; for multi-hot labels use MidasObjective(..., task='multilabel')" if labels.dim() == 2 else ""
         raise TypeError(f"labels: expected an integer tensor [B], got {labels.dtype} {tuple(labels.shape)}{hint}")
-    batch = labels.shape[0]
+    validate_outputs(
+        num_classes, modalities, features, uni_logits, fusion_logits, labels.shape[0], source, plan,
+        misaligned_logits, lambda: (labels.min() >= 0) & (labels.max() < num_classes),
+        lambda: MidasDataError(_label_range_message(labels, num_classes, source)),
+    )  # fmt: skip
+
+
+def validate_outputs(
+    num_classes: int,
+    modalities: tuple[str, ...],
+    features: list[torch.Tensor],
+    uni_logits: list[torch.Tensor],
+    fusion_logits: torch.Tensor,
+    batch: int,
+    source: MidasBatch | None,
+    plan: torch.Tensor | None,
+    misaligned_logits: torch.Tensor | None,
+    labels_ok: Callable[[], torch.Tensor],
+    labels_error: Callable[[], Exception],
+) -> None:
+    """The checks of a step that do not depend on what a label is: shapes on the host, then
+    every value check (finite logits, the task's label check ``labels_ok()``, a 0-dim bool
+    tensor made once the batch is known not to be empty, plan in range) folded into one
+    device synchronisation; details only once a check has failed."""
     if batch == 0:
         raise ValueError("labels: the batch is empty")
     expected = (batch, num_classes)
@@ -62,7 +86,8 @@ def validate_step(
             raise ValueError(f"output.features[{m!r}]: expected {batch} rows (the batch size), got {f.shape[0]}")
     logits = [fusion_logits, *uni_logits]
     finite = [torch.isfinite(lg).all() for lg in logits]
-    checks = finite + [labels.min() >= 0, labels.max() < num_classes]
+    label_check = labels_ok()
+    checks = finite + [label_check]
     if plan is not None:
         checks.append(MF.plan_in_range(plan, batch))
     if misaligned_logits is not None:
@@ -73,8 +98,8 @@ def validate_step(
     for name, good, lg in zip(names, finite, logits):
         if not bool(good):
             raise _nonfinite_error(name, lg, source)
-    if not bool(checks[len(finite)] & checks[len(finite) + 1]):
-        raise MidasDataError(_label_range_message(labels, num_classes, source))
+    if not bool(label_check):
+        raise labels_error()
     if plan is not None:
         MF.check_plan(plan, batch)
     raise ValueError("misaligned_logits: contains NaN or inf")

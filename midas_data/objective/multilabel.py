@@ -12,11 +12,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import functional as MF
 from .. import multilabel as ML
 from ..data.batch import MidasBatch
 from ..errors import MidasDataError
-from .checks import _nonfinite_error
+from .checks import validate_outputs
 
 __all__ = ["MultilabelTerms", "validate_multilabel_step"]
 
@@ -41,36 +40,14 @@ def validate_multilabel_step(
         )
     ML.check_multi_hot(labels)
     batch = labels.shape[0]
-    if batch == 0:
-        raise ValueError("labels: the batch is empty")
-    expected = [batch, num_classes]
-    if list(labels.shape) != expected:
-        raise ValueError(f"labels: expected shape {expected} (one multi-hot row per sample), got {list(labels.shape)}")
-    named = [("output.fusion_logits", fusion_logits)] + [
-        (f"output.unimodal_logits[{m!r}]", lg) for m, lg in zip(modalities, uni_logits)
-    ]
-    for name, lg in named:
-        if list(lg.shape) != expected:
-            raise ValueError(f"{name}: expected shape {expected}, got {list(lg.shape)}")
-    for m, f in zip(modalities, features):
-        if f.shape[0] != batch:
-            raise ValueError(f"output.features[{m!r}]: expected {batch} rows (the batch size), got {f.shape[0]}")
-    finite = [torch.isfinite(lg).all() for _, lg in named]
-    checks = finite + [((labels >= 0) & (labels <= 1)).all()]
-    if plan is not None:
-        checks.append(MF.plan_in_range(plan, batch))
-    if misaligned_logits is not None:
-        checks.append(torch.isfinite(misaligned_logits).all())
-    if bool(torch.stack(checks).all()):
-        return
-    for (name, lg), good in zip(named, finite):
-        if not bool(good):
-            raise _nonfinite_error(name, lg, source)
-    if not bool(checks[len(finite)]):
-        raise MidasDataError(_range_message(labels, source))
-    if plan is not None:
-        MF.check_plan(plan, batch)
-    raise ValueError("misaligned_logits: contains NaN or inf")
+    if batch and list(labels.shape) != [batch, num_classes]:
+        raise ValueError(
+            f"labels: expected shape {[batch, num_classes]} (one multi-hot row per sample), got {list(labels.shape)}"
+        )
+    validate_outputs(
+        num_classes, modalities, features, uni_logits, fusion_logits, batch, source, plan, misaligned_logits,
+        lambda: ((labels >= 0) & (labels <= 1)).all(), lambda: MidasDataError(_range_message(labels, source)),
+    )  # fmt: skip
 
 
 def _range_message(labels: torch.Tensor, batch: MidasBatch | None) -> str:
