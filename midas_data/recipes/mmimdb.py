@@ -192,17 +192,7 @@ class PlotReader(TextReader):
 
     def __call__(self, files: Sequence[Path], train: bool) -> torch.Tensor:
         record = _load_json(files[0], "the movie's record with 'plot' and 'genres'")
-        tokens = self.tokenizer(plot_text(record, files[0]))
-        if isinstance(tokens, dict) or hasattr(tokens, "keys"):
-            tokens = tokens["input_ids"]
-        ids = torch.as_tensor(tokens, dtype=torch.long)
-        if ids.dim() == 2 and ids.shape[0] == 1:
-            ids = ids[0]
-        if ids.dim() != 1:
-            raise MidasDataError(f"{files[0]}: the tokenizer returned shape {tuple(ids.shape)}; expected ids [L]")
-        out = torch.zeros(self.length, dtype=torch.long)
-        out[: min(self.length, ids.numel())] = ids[: self.length]
-        return out
+        return self.encode(plot_text(record, files[0]), files[0])
 
 
 def f1_scores(probabilities: torch.Tensor, targets: torch.Tensor, threshold: float = 0.5) -> dict[str, float]:

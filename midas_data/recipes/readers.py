@@ -91,6 +91,10 @@ class TextReader:
             text = files[0].read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as err:
             raise MidasDataError(f"{files[0]}: cannot read as UTF-8 text ({err}); expected a .txt file") from err
+        return self.encode(text, files[0])
+
+    def encode(self, text: str, path: Path) -> torch.Tensor:
+        """``text`` -> token ids ``[length]``; ``path`` names the source in errors."""
         tokens = self.tokenizer(text)
         if isinstance(tokens, dict) or hasattr(tokens, "keys"):
             tokens = tokens["input_ids"]
@@ -98,7 +102,7 @@ class TextReader:
         if ids.dim() == 2 and ids.shape[0] == 1:
             ids = ids[0]
         if ids.dim() != 1:
-            raise MidasDataError(f"{files[0]}: the tokenizer returned shape {tuple(ids.shape)}; expected ids [L]")
+            raise MidasDataError(f"{path}: the tokenizer returned shape {tuple(ids.shape)}; expected ids [L]")
         out = torch.zeros(self.length, dtype=torch.long)
         out[: min(self.length, ids.numel())] = ids[: self.length]
         return out
