@@ -155,7 +155,7 @@ def test_objective_trains_end_to_end_with_workers():
     table = StatsTable(len(loader.dataset), MODS)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     losses = []
-    for _ in range(3):
+    for _ in range(5):  # five epochs, no set_epoch: each pass is the next epoch
         for batch in loader:
             assert batch.labels.shape[1] == C and batch.plan.shape[0] > 0
             loss, info = objective(model(batch.inputs), batch, model=model)

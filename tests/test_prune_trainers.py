@@ -50,7 +50,7 @@ def check_epochs(seen: list[tuple[int, list[int], list[float]]], n: int) -> list
     return lengths
 
 
-def test_a_plain_loop_with_persistent_workers_trains_pruned_epochs_with_the_weights_carried():
+def test_a_plain_bf16_loop_with_persistent_workers_trains_pruned_epochs_with_the_weights_carried():
     n = 64
     table = StatsTable(n, MODALITIES)
     loader = midas_loader(
@@ -66,7 +66,8 @@ def test_a_plain_loop_with_persistent_workers_trains_pruned_epochs_with_the_weig
         for batch in loader:
             weights = batch.extras["importance_weights"]
             assert torch.equal(weights, loader.batch_sampler.importance_weights(batch.ids))
-            output = model(batch.inputs)
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision, as users train
+                output = model(batch.inputs)
             with torch.no_grad():  # the carried weights are the ones used: same loss as passed by hand
                 objective.eval()  # (eval: the three calls leave alpha where it is)
                 carried, _ = objective(output, batch, fuse=model.fuse)
