@@ -41,7 +41,8 @@ from typing import Any
 import torch
 
 from midas_data import experiments as training
-from midas_data.experiments.demo import glyphs
+from midas_data.experiments.demo import glyph_pairs, glyphs
+from midas_data.experiments.evaluation import headline
 from midas_data.experiments.paired import paired_difference, verdict
 
 MODALITIES = ("image", "audio")
@@ -86,6 +87,8 @@ def _load(dataset: str, data_json: str) -> dict[str, training.InMemoryDataset]:
     data = json.loads(data_json)
     if dataset == "glyphs":
         raw = glyphs.load_glyph_splits(seed=0, **data)
+    elif dataset == "glyph_pairs":  # multi-label (benchmarks/multilabel_glyphs.py)
+        raw = glyph_pairs.load_glyph_pair_splits(seed=0, **data)
     else:
         from midas_data.experiments.demo.variants import load_variant_splits
 
@@ -114,7 +117,7 @@ def method_options(dataset: str, epochs: int, overrides: dict[str, Any] | None =
 
 
 def run_key(dataset: str, data: dict[str, Any], method: str, seed: int, epochs: int, options: dict[str, Any]) -> str:
-    if dataset == "glyphs":  # explicit settings: a run keeps its key if the defaults change
+    if dataset in ("glyphs", "glyph_pairs"):  # explicit settings: a run keeps its key if the defaults change
         data = {"image_noise": glyphs.DEFAULT_IMAGE_NOISE, "audio_snr_db": glyphs.DEFAULT_AUDIO_SNR_DB, **data}
     key = {"dataset": dataset, "data": data, "method": method, "seed": seed, "epochs": epochs, "options": options}
     if dataset in DATA_VERSIONS:
@@ -134,6 +137,8 @@ def read_log(path: Path = RUN_LOG) -> dict[str, dict[str, Any]]:
 
 def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("accuracy", "macro_f1", "misaligned_accuracy", "per_modality_accuracy", "modality_confidence")
+    if "micro_f1" in metrics:  # multi-label
+        keys = ("micro_f1", "macro_f1", "weighted_f1", "samples_f1", "per_modality_micro_f1", "thresholds")
     return json.loads(json.dumps({k: metrics[k] for k in keys}, default=float))
 
 
@@ -223,14 +228,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def score(record: dict[str, Any], protocol: str = PROTOCOL, split: str = "test") -> float:
-    """The figure a method is judged by: fused accuracy, or the head's for a unimodal run;
+    """The figure a method is judged by: fused accuracy (micro-F1 on multi-label data), or
+    the head's for a unimodal run;
     on ``split="val"``, the same figure of the checkpoint selected on validation."""
     if split == "val":
         return record["val_score"][protocol]  # fit's selection score: the same figure
     test = record["test"][protocol]
     if record["method"].startswith("unimodal_"):
-        return test["per_modality_accuracy"][record["method"].removeprefix("unimodal_")]
-    return test["accuracy"]
+        return headline(test, record["method"].removeprefix("unimodal_"))
+    return headline(test)
 
 
 def summarise(

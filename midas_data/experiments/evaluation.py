@@ -1,9 +1,13 @@
-"""Evaluation on aligned and on misaligned samples of a whole split."""
+"""Evaluation on aligned and on misaligned samples of a whole split.
+
+Multi-label splits (multi-hot labels ``[N, C]``) are scored by F1 at thresholds chosen on
+validation (:func:`evaluate_multilabel`); their misaligned figures are not computed.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +26,8 @@ __all__ = [
     "misaligned_plan",
     "misaligned_logits",
     "evaluate",
+    "evaluate_multilabel",
+    "headline",
     "split_metrics",
     "BN_PROTOCOLS",
     "reestimate_batchnorm",
@@ -62,11 +68,26 @@ def predict_batches(
         model.train(was_training)
     mods = list(outs[0].features)
     return Predictions(
-        labels=torch.cat(labels).long(),
+        labels=_as_labels(torch.cat(labels)),
         fusion_logits=torch.cat([o.fusion_logits for o in outs]),
         unimodal_logits={m: torch.cat([o.unimodal_logits[m] for o in outs]) for m in mods},
         features={m: torch.cat([o.features[m] for o in outs]) for m in mods},
     )
+
+
+def _as_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Class ids as int64; multi-hot rows ``[N, C]`` as float32."""
+    return labels.float() if labels.dim() == 2 else labels.long()
+
+
+def headline(metrics: Mapping[str, Any], modality: str | None = None) -> float:
+    """The one figure a split's metrics are summarised by: the fused accuracy, or micro-F1
+    for multi-label; with ``modality``, that unimodal head's."""
+    if modality is None:
+        return float(metrics["accuracy"] if "accuracy" in metrics else metrics["micro_f1"])
+    if "per_modality_accuracy" in metrics:
+        return float(metrics["per_modality_accuracy"][modality])
+    return float(metrics["per_modality_micro_f1"][modality])
 
 
 def predict(model: LateFusionClassifier, data: InMemoryDataset, batch_size: int = 512) -> Predictions:
@@ -109,7 +130,11 @@ def misaligned_logits(
 
 
 def evaluate(
-    model: LateFusionClassifier, data: InMemoryDataset, plan: torch.Tensor | None = None, seed: int = 1234
+    model: LateFusionClassifier,
+    data: InMemoryDataset,
+    plan: torch.Tensor | None = None,
+    seed: int = 1234,
+    thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Aligned and misaligned metrics of ``model`` on ``data``.
 
@@ -117,11 +142,61 @@ def evaluate(
     ``misaligned_accuracy`` and ``modality_confidence`` (fusion probability on each
     modality's source label over the misaligned samples). ``plan`` defaults to
     :func:`misaligned_plan` with ``seed``.
+
+    On multi-label data this is :func:`evaluate_multilabel` (``plan`` and ``seed`` unused):
+    without ``thresholds`` they are chosen on ``data`` (do that on validation), and the
+    test split is scored with the validation metrics' ``thresholds``.
     """
     preds = predict(model, data)
+    if preds.labels.dim() == 2:
+        return multilabel_metrics(preds, thresholds)
+    if thresholds is not None:
+        raise ValueError("thresholds: only multi-label data (multi-hot labels [N, C]) is scored at thresholds")
     if plan is None:
         plan = misaligned_plan(preds.labels, len(preds.features), seed)
     return split_metrics(preds, misaligned_logits(model, preds, data, plan), plan)
+
+
+def evaluate_multilabel(
+    model: LateFusionClassifier, data: InMemoryDataset, thresholds: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """Multi-label metrics of ``model`` on ``data`` (multi-hot labels ``[N, C]``); see
+    :func:`multilabel_metrics`."""
+    preds = predict(model, data)
+    if preds.labels.dim() != 2:
+        raise ValueError(f"data: expected multi-hot labels [N, C], got {tuple(preds.labels.shape)}")
+    return multilabel_metrics(preds, thresholds)
+
+
+def multilabel_metrics(preds: Predictions, thresholds: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """F1 of every head at a global threshold per head.
+
+    ``thresholds`` (``{"fusion": t, modality: t, ...}``) come from validation; when ``None``
+    each head's threshold is chosen here to maximise its micro-F1
+    (:func:`~midas_data.experiments.metrics.select_threshold`), so pass ``None`` on
+    validation only. Returns ``micro_f1``, ``macro_f1``, ``weighted_f1``, ``samples_f1`` (the
+    fusion head), ``per_modality_micro_f1``, ``per_modality_macro_f1`` and ``thresholds``.
+    """
+    heads = {"fusion": preds.fusion_logits, **preds.unimodal_logits}
+    probabilities = {name: logits.float().sigmoid().cpu() for name, logits in heads.items()}
+    targets = preds.labels.cpu()
+    if thresholds is None:
+        thresholds = {name: metrics.select_threshold(p, targets)[0] for name, p in probabilities.items()}
+    missing = sorted(set(heads) - set(thresholds))
+    if missing:
+        raise KeyError(f"thresholds: no threshold for heads {missing}; expected {sorted(heads)}")
+    f1 = {
+        (name, average): metrics.multilabel_f1(p, targets, thresholds[name], average)
+        for name, p in probabilities.items()
+        for average in (metrics.MULTILABEL_AVERAGES if name == "fusion" else ("micro", "macro"))
+    }
+    modalities = list(preds.unimodal_logits)
+    return {
+        **{f"{average}_f1": f1[("fusion", average)] for average in metrics.MULTILABEL_AVERAGES},
+        "per_modality_micro_f1": {m: f1[(m, "micro")] for m in modalities},
+        "per_modality_macro_f1": {m: f1[(m, "macro")] for m in modalities},
+        "thresholds": {name: float(thresholds[name]) for name in heads},
+    }
 
 
 def split_metrics(preds: Predictions, mis_logits: torch.Tensor, plan: torch.Tensor) -> dict[str, Any]:

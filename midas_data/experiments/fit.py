@@ -19,7 +19,7 @@ from ..models import LateFusionClassifier
 from .config import TrainConfig
 from .datasets import InMemoryDataset
 from .encoders import build_model
-from .evaluation import BN_PROTOCOLS, evaluate, misaligned_plan, with_bn_protocol
+from .evaluation import BN_PROTOCOLS, evaluate, headline, misaligned_plan, with_bn_protocol
 from .method import Method
 from .registry import make_method
 
@@ -67,8 +67,9 @@ def fit(
     """Train ``model`` with ``method`` for ``config.epochs`` epochs.
 
     After every epoch the model is evaluated on ``val`` (aligned and misaligned); the
-    state with the highest validation accuracy is kept (the earliest on ties). The test
-    split never enters here.
+    state with the highest validation accuracy (micro-F1 for multi-label, each head's
+    threshold chosen on validation) is kept (the earliest on ties). The test split never
+    enters here.
     """
     if config.epochs < 1:
         raise ValueError(f"config.epochs: expected at least 1, got {config.epochs}")
@@ -79,7 +80,8 @@ def fit(
     modalities = list(model.modalities)
     loader = method.train_loader(train, modalities, config)
     optimizer = config.optimizer(model)
-    val_plan = misaligned_plan(val.labels, len(modalities), config.eval_seed)
+    # Multi-label splits have no misaligned evaluation (see evaluation.py).
+    val_plan = None if val.multilabel else misaligned_plan(val.labels, len(modalities), config.eval_seed)
     steps = len(loader)
     bar = _progress(steps * config.epochs, desc or method.name, progress)
     history: list[dict[str, Any]] = []
@@ -118,7 +120,7 @@ def fit(
                 if score > selected[protocol]["score"]:  # the earliest epoch wins ties
                     selected[protocol] = {
                         "epoch": epoch,
-                        "val_accuracy": metrics["accuracy"],
+                        "val_accuracy": headline(metrics),
                         "score": score,
                         "metrics": metrics,
                         "state": copy.deepcopy(evaluated.state_dict()),
@@ -134,7 +136,7 @@ def fit(
             if bar is not None:
                 best = selected[protocols[0]]["score"]
                 bar.set_postfix(
-                    loss=f"{record['train_loss']:.3f}", val_acc=f"{val_metrics['accuracy']:.3f}", best=f"{best:.3f}"
+                    loss=f"{record['train_loss']:.3f}", val=f"{headline(val_metrics):.3f}", best=f"{best:.3f}"
                 )
     finally:
         if bar is not None:
@@ -200,6 +202,8 @@ def run(
     tests = {}
     for protocol, chosen in result.selected.items():
         model.load_state_dict(chosen["state"])  # the statistics of that protocol are in the state
-        tests[protocol] = evaluate(model, splits["test"], seed=config.eval_seed)
+        # Multi-label: the test split is scored at the thresholds chosen on validation.
+        thresholds = chosen["metrics"].get("thresholds")
+        tests[protocol] = evaluate(model, splits["test"], seed=config.eval_seed, thresholds=thresholds)
     model.load_state_dict(result.best_state)
     return RunResult(result, tests[config.bn_protocols[0]], model, tests)

@@ -4,6 +4,9 @@
   detached features, so per-modality accuracy measures what each encoder learned without
   changing the training of the encoders.
 * ``joint_heads`` — fusion cross-entropy plus every unimodal head's cross-entropy.
+
+On multi-hot labels ``[B, C]`` every cross-entropy is the per-class binary cross-entropy
+(mean over classes, the scale of ``MidasObjective(task="multilabel")``'s terms).
 """
 
 from __future__ import annotations
@@ -19,17 +22,27 @@ from ..data.batch import MidasBatch
 from ..loader import midas_loader
 from ..models import LateFusionClassifier, MultimodalOutput
 from .config import TrainConfig
+from .evaluation import headline
 
-__all__ = ["Method", "JointTraining", "UnimodalTraining", "probe_loss", "heads_loss"]
+__all__ = ["Method", "JointTraining", "UnimodalTraining", "label_loss", "probe_loss", "heads_loss"]
+
+
+def label_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy on class ids ``[B]``; on multi-hot rows ``[B, C]`` binary cross-entropy
+    per class, averaged over classes (and over the batch for ``reduction="mean"``)."""
+    if labels.dim() == 2:
+        rows = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").mean(dim=1)
+        return rows.mean() if reduction == "mean" else rows
+    return F.cross_entropy(logits, labels, reduction=reduction)
 
 
 def probe_loss(model: LateFusionClassifier, output: MultimodalOutput, labels: torch.Tensor) -> torch.Tensor:
     """Unimodal heads on *detached* features: they measure the encoders without training them."""
-    return sum(F.cross_entropy(model.unimodal_heads[m](output.features[m].detach()), labels) for m in model.modalities)
+    return sum(label_loss(model.unimodal_heads[m](output.features[m].detach()), labels) for m in model.modalities)
 
 
 def heads_loss(output: MultimodalOutput, labels: torch.Tensor) -> torch.Tensor:
-    return sum(F.cross_entropy(logits, labels) for logits in output.unimodal_logits.values())
+    return sum(label_loss(logits, labels) for logits in output.unimodal_logits.values())
 
 
 class Method:
@@ -69,8 +82,9 @@ class Method:
         self.after_step(batch, info)
 
     def selection_score(self, metrics: Mapping[str, Any]) -> float:
-        """What best-on-validation selection maximises: the fused accuracy."""
-        return float(metrics["accuracy"])
+        """What best-on-validation selection maximises: the fused accuracy (micro-F1 for
+        multi-label)."""
+        return headline(metrics)
 
 
 class JointTraining(Method):
@@ -82,7 +96,7 @@ class JointTraining(Method):
 
     def loss(self, model: LateFusionClassifier, batch: MidasBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         output = model(batch.inputs)
-        loss = F.cross_entropy(output.fusion_logits, batch.labels)
+        loss = label_loss(output.fusion_logits, batch.labels)
         extra = heads_loss(output, batch.labels) if self.heads else probe_loss(model, output, batch.labels)
         return loss + extra, {}
 
@@ -103,7 +117,7 @@ class UnimodalTraining(Method):
         if self.modality not in model.modalities:
             raise KeyError(f"{self.name}: the model has no modality {self.modality!r}; it has {model.modalities}")
         features = model.encoders[self.modality](batch.inputs[self.modality]).flatten(1)
-        return F.cross_entropy(model.unimodal_heads[self.modality](features), batch.labels), {}
+        return label_loss(model.unimodal_heads[self.modality](features), batch.labels), {}
 
     def selection_score(self, metrics: Mapping[str, Any]) -> float:
-        return float(metrics["per_modality_accuracy"][self.modality])
+        return headline(metrics, self.modality)

@@ -24,16 +24,28 @@ __all__ = ["MidasMethod", "InputLevelMidasMethod", "PrioritisedMidasMethod", "Pr
 class MidasMethod(Method):
     """MIDAS, feature-level: :class:`MidasObjective` on :func:`midas_loader` batches.
 
-    ``objective_kwargs`` go to :class:`MidasObjective` (``warmup_epochs``, ``lam``,
-    ``eta``, ``alpha_max``, ``weak_modality_weighting``, ``hard_sample_weighting``...).
+    ``rule`` is the loader's pairing rule; ``objective_kwargs`` go to :class:`MidasObjective`
+    (``warmup_epochs``, ``lam``, ``eta``, ``alpha_max``, ``weak_modality_weighting``,
+    ``hard_sample_weighting``, ``task``...).
     """
 
     def __init__(
-        self, num_classes: int, modalities: Sequence[str], name: str = "midas", **objective_kwargs: Any
+        self,
+        num_classes: int,
+        modalities: Sequence[str],
+        name: str = "midas",
+        rule: str = "different_label",
+        **objective_kwargs: Any,
     ) -> None:
         self.name = name
+        self.rule = rule
         self.objective = MidasObjective(num_classes, tuple(modalities), **objective_kwargs)
         self.alpha_steps: list[list[float]] = []
+
+    def train_loader(self, dataset: Dataset, modalities: Sequence[str], config: TrainConfig) -> DataLoader:
+        return midas_loader(
+            dataset, tuple(modalities), "label", batch_size=config.batch_size, seed=config.seed, rule=self.rule
+        )
 
     def start_epoch(self, epoch: int) -> None:
         super().start_epoch(epoch)
@@ -57,7 +69,13 @@ class InputLevelMidasMethod(MidasMethod):
 
     def train_loader(self, dataset: Dataset, modalities: Sequence[str], config: TrainConfig) -> DataLoader:
         return midas_loader(
-            dataset, tuple(modalities), "label", batch_size=config.batch_size, seed=config.seed, mode="input"
+            dataset,
+            tuple(modalities),
+            "label",
+            batch_size=config.batch_size,
+            seed=config.seed,
+            mode="input",
+            rule=self.rule,
         )
 
     def loss(self, model: LateFusionClassifier, batch: MidasBatch) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -111,7 +129,12 @@ class PrioritisedMidasMethod(MidasMethod):
 
     def train_loader(self, dataset: Dataset, modalities: Sequence[str], config: TrainConfig) -> DataLoader:
         loader, self.stats = _loader_with_table(
-            dataset, modalities, config, policy=_sampler_policy(self.policy, self.prune, config), floor=self.floor
+            dataset,
+            modalities,
+            config,
+            policy=_sampler_policy(self.policy, self.prune, config),
+            floor=self.floor,
+            rule=self.rule,
         )
         self.sampler = loader.batch_sampler
         return loader
@@ -123,7 +146,7 @@ class PrioritisedMidasMethod(MidasMethod):
         if self.use_importance_weights:
             weights = self.sampler.importance_weights(batch.ids)
         else:  # explicit ones: the objective would otherwise take the weights the batch carries
-            weights = torch.ones(batch.labels.shape, device=batch.labels.device)
+            weights = torch.ones(batch.labels.shape[0], device=batch.labels.device)
         return self.objective(output, batch, fuse=model.fuse, sample_weights=weights)
 
     def after_step(self, batch: MidasBatch, info: Mapping[str, Any]) -> None:

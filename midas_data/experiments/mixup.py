@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..data.batch import MidasBatch
 from ..models import LateFusionClassifier
-from .method import Method, heads_loss
+from .method import Method, heads_loss, label_loss
 
 __all__ = ["FeatureMixup", "mixup_lambda"]
 
@@ -27,7 +26,8 @@ class FeatureMixup(Method):
 
     The mixed row ``lambda * f_i + (1 - lambda) * f_j`` (``j`` a random permutation of the
     batch) is fused and trained against ``lambda * y_i + (1 - lambda) * y_j``, as an extra
-    term beside the aligned losses, the way MIDAS adds its misaligned term.
+    term beside the aligned losses, the way MIDAS adds its misaligned term. Multi-hot labels
+    mix the same way (binary cross-entropy per class against the mixed label vector).
     """
 
     name = "mixup"
@@ -39,10 +39,11 @@ class FeatureMixup(Method):
     def loss(self, model: LateFusionClassifier, batch: MidasBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         output = model(batch.inputs)
         labels = batch.labels
-        aligned = F.cross_entropy(output.fusion_logits, labels) + heads_loss(output, labels)
+        aligned = label_loss(output.fusion_logits, labels) + heads_loss(output, labels)
         lam = mixup_lambda(self.concentration)
         perm = torch.randperm(labels.shape[0], device=labels.device)
         mixed = {m: lam * f + (1.0 - lam) * f[perm] for m, f in output.features.items()}
         logits = model.fuse(mixed)
-        mix_loss = lam * F.cross_entropy(logits, labels) + (1.0 - lam) * F.cross_entropy(logits, labels[perm])
+        # On multi-hot labels this is the binary cross-entropy of the mixed label vector.
+        mix_loss = lam * label_loss(logits, labels) + (1.0 - lam) * label_loss(logits, labels[perm])
         return aligned + self.weight * mix_loss, {"mixup_lambda": lam}

@@ -19,8 +19,9 @@ MethodFactory = Callable[[int, Sequence[str], Mapping[str, Any]], Method]
 def _midas(name: str, **fixed: Any) -> MethodFactory:
     def factory(num_classes: int, modalities: Sequence[str], options: Mapping[str, Any]) -> Method:
         kwargs = {"warmup_epochs": options.get("warmup_epochs", 2), "lam": options.get("lam", 1.0), **fixed}
-        if "pair_weighting" in options:
-            kwargs["pair_weighting"] = options["pair_weighting"]
+        for key in ("pair_weighting", "task", "rule"):
+            if key in options and key not in fixed:
+                kwargs[key] = options[key]
         policy = kwargs.pop("policy", None)
         if kwargs.pop("input_level", False):
             return InputLevelMidasMethod(num_classes, modalities, name=name, **kwargs)
@@ -60,6 +61,8 @@ METHODS: dict[str, MethodFactory] = {
     "midas_sampler_weak": _midas("midas_sampler_weak", policy="weak_modality"),
     # A uniform MIDAS run that also records the stats table (the bad-pair read-out).
     "midas_table": _midas("midas_table", policy="uniform"),
+    # The multi-label pairing rule beside the default "different_set" (benchmarks/multilabel_glyphs.py).
+    "midas_disjoint": _midas("midas_disjoint", rule="disjoint"),
 }
 
 # Methods on pruned epochs (``policy="prune"``): MIDAS, and joint training alone. Kept apart
