@@ -224,6 +224,11 @@ def test_disjoint_rule_runs_and_the_single_label_rule_is_refused():
         MidasObjective(C, MODS, task="multilabel", variant="reference")(model(batch.inputs), batch, model=model)
 
 
+def test_a_regression_task_is_refused_with_the_reason_and_the_alternative():
+    with pytest.raises(ValueError, match="'regression' is not offered.*Regression targets.*7class"):
+        MidasObjective(C, MODS, task="regression")
+
+
 # -- bad input ------------------------------------------------------------------------------------
 def _collate(num_classes=C, rule="different_label"):
     return MidasCollate(MODS, num_classes=num_classes, rule=rule)
@@ -332,3 +337,53 @@ def test_a_single_label_objective_refuses_multi_hot_labels_even_unvalidated(vali
     model = _model()
     with pytest.raises(TypeError, match="task='multilabel'"):
         MidasObjective(C, MODS, validate=validate)(model(batch.inputs), batch, model=model)
+
+
+@pytest.mark.parametrize("as_ids", [False, True])
+def test_write_shards_streams_multi_label_data_every_sample_once_for_five_epochs(tmp_path, as_ids):
+    wds = pytest.importorskip("webdataset")
+    from midas_data.streaming import MidasBatches, ShardIndex, write_shards
+
+    data = _Data(53, as_ids=as_ids)  # uneven: shards of 10, 10, 10, 10, 10, 3
+    write_shards(data, tmp_path, MODS, shard_size=10, progress=False)
+    index = ShardIndex.load(tmp_path)
+    assert index.fields["label"] == "label.npy" and [s.count for s in index.shards] == [10] * 5 + [3]
+    stage = MidasBatches(MODS, "label", batch_size=8, index=index, num_classes=C, seed=3)
+    source = wds.WebDataset(
+        index.urls, nodesplitter=stage.split_by_node, shardshuffle=100, seed=5, empty_check=False
+    ).compose(stage)
+    loader = wds.WebLoader(source, batch_size=None, num_workers=2, persistent_workers=True)
+    model, objective = _model(), MidasObjective(C, MODS, task="multilabel", warmup_epochs=1)
+    orders = []
+    for epoch in range(5):  # no set_epoch: each pass is the next epoch
+        ids, misaligned = [], 0
+        for batch in loader:
+            assert batch.epoch == epoch and batch.rule == "different_set"
+            expected = torch.stack([ML.ids_to_multi_hot(data.sets[i], C) for i in batch.ids.tolist()])
+            assert torch.equal(batch.labels, expected)
+            loss, info = objective(model(batch.inputs), batch, model=model)
+            assert torch.isfinite(loss)
+            misaligned += info["num_misaligned"]
+            ids += batch.ids.tolist()
+        assert sorted(ids) == list(range(53))
+        assert (misaligned == 0) == (epoch == 0)
+        orders.append(tuple(ids))
+    assert len(set(orders)) == 5  # a new shuffle every epoch
+
+
+def test_write_shards_names_the_sample_whose_label_kind_differs(tmp_path):
+    pytest.importorskip("webdataset")
+    from midas_data.streaming import write_shards
+
+    items = [{"a": torch.zeros(6), "v": torch.zeros(5), "label": [0, 2]} for _ in range(4)]
+    items[2]["label"] = 1
+    with pytest.raises(MidasDataError, match="sample 2: label 'label' is 1, a single class id"):
+        write_shards(items, tmp_path / "a", MODS, progress=False)
+    items[2]["label"] = [1, 1]
+    with pytest.raises(MidasDataError, match="sample 2: .*distinct class ids"):
+        write_shards(items, tmp_path / "b", MODS, progress=False)
+    items[2]["label"] = torch.tensor([0.0, 0.5, 1.0, 0.0])
+    with pytest.raises(MidasDataError, match="sample 2: .*multi-hot"):
+        write_shards(items, tmp_path / "c", MODS, progress=False)
+    with pytest.raises(MidasDataError, match="sample 0: .*one-entry .*multilabel=True or False"):
+        write_shards([{"a": torch.zeros(6), "v": torch.zeros(5), "label": torch.tensor([3])}], tmp_path / "d", MODS)

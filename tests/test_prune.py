@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from ranks import spawn_ranks
 from torch.utils.data import Dataset
 
 from midas_data import StatsTable, midas_loader
@@ -227,12 +227,7 @@ def _rank_main(rank: int, port: int, out: str) -> None:
 
 
 def test_pruned_epochs_on_two_gloo_ranks_with_persistent_workers(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_rank_main, args=(port, str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_rank_main, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
     assert r0["digest"] == r1["digest"]  # identical tables, hence identical plans
     for epoch in range(RANK_EPOCHS):

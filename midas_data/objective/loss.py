@@ -152,6 +152,12 @@ class MidasObjective(nn.Module):
         task: str = "single_label",
     ) -> None:
         super().__init__()
+        if task == "regression":
+            raise ValueError(
+                "task: 'regression' is not offered: MIDAS's confidence, pairing rule and soft target have no form "
+                "on a continuous target without a new free parameter (docs/concepts.md, 'Regression targets'); "
+                "bin the target into classes (the MOSEI recipe's binary and 7class tasks)"
+            )
         if task not in _TERMS:
             raise ValueError(f"task: expected one of {tuple(_TERMS)}, got {task!r}")
         self.task = task
