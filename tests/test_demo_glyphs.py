@@ -94,3 +94,29 @@ def test_bad_arguments_and_missing_file_are_named(tmp_path) -> None:
         GlyphsSpeechDataset("val", image_noise=-1.0)
     with pytest.raises(FileNotFoundError, match="make_glyph_data.py"):
         GlyphsSpeechDataset("val", glyphs_path=tmp_path / "none.npz")
+
+
+# -- the multi-label variant -------------------------------------------------------------------------
+def test_glyph_pairs_show_and_say_the_same_two_digits_as_their_multi_hot_label() -> None:
+    from midas_data.experiments.demo.glyph_pairs import GlyphPairsDataset, load_glyph_pair_splits
+
+    pairs = load_glyph_pair_splits(seed=0)
+    assert {k: len(v) for k, v in pairs.items()} == {"train": 4000, "val": 1000, "test": 2000}
+    clean = GlyphPairsDataset("val", image_noise=0.0, audio_snr_db=None)
+    rows = clean.rows
+    with np.load(_clips_path(), allow_pickle=False) as c:
+        clip_labels = c["labels"]
+    for k in (0, 5, 999):
+        item, partner = clean[k], int(clean.partner[k])
+        assert item["image"].shape == (1, 28, 56) and item["audio"].shape == (1, 32, 129)
+        ink = np.concatenate([rows._images[k], rows._images[partner]], axis=1).astype(np.float32) / 255
+        assert torch.equal(item["image"][0], torch.from_numpy(ink))  # left: its own glyph, right: the partner's
+        digits = {int(rows.labels[k]), int(rows.labels[partner])}
+        assert {int(clip_labels[rows.clip_index[i]]) for i in (k, partner)} == digits  # the speech says them
+        assert item["label"].dtype == torch.float32 and item["label"].nonzero().flatten().tolist() == sorted(digits)
+    labels = pairs["train"].labels
+    assert labels.shape == (4000, 10) and set(labels.sum(1).tolist()) == {1.0, 2.0}
+    assert 0.05 < (labels.sum(1) == 1).mean() < 0.15  # both digits alike about one time in ten
+    noisy = pairs["train"]
+    assert torch.equal(noisy[7]["image"], noisy[7]["image"]) and torch.equal(noisy[7]["audio"], noisy[7]["audio"])
+    assert not torch.equal(noisy[7]["image"], GlyphPairsDataset("train", image_noise=0.0)[7]["image"])

@@ -1,6 +1,6 @@
 """The MM-IMDB and CMU-MOSEI recipes on tiny fixtures written in the layouts of
 docs/recipes.md (JSON records and JPEG posters; per-split .npy arrays), so that the real
-scanning, decoding and preprocessing run. No multi-label model is trained here."""
+scanning, decoding and preprocessing run; both recipes train a few epochs on them."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from PIL import Image  # noqa: E402
 from midas_data.__main__ import main  # noqa: E402
 from midas_data.errors import MidasDataError  # noqa: E402
 from midas_data.recipes import RECIPES, apply_overrides, recipe_config  # noqa: E402
-from midas_data.recipes.mmimdb import GENRES, MultiHotDataset, f1_scores  # noqa: E402
+from midas_data.recipes.mmimdb import GENRES, MultiHotDataset  # noqa: E402
 from midas_data.recipes.mosei import RowDataset, sentiment_class  # noqa: E402
 
 SMALL = ["image_size=32", "num_workers=0", "batch_size=4", "text_length=12", "sequence_length=6", "feature_dim=16"]
@@ -322,20 +322,49 @@ def test_mmimdb_dry_run_prints_genre_balance_and_the_first_batch(tmp_path, capsy
     assert summary["classes"] == list(GENRES) and summary["samples"] == {"train": 6, "val": 2, "test": 2}
 
 
-def test_f1_scores_by_hand_and_as_scikit_learn():
+def test_multilabel_metrics_by_hand_and_as_scikit_learn_at_thresholds_from_validation():
+    pytest.importorskip("sklearn")
+    from midas_data.experiments.evaluation import Predictions, multilabel_metrics
+
     probabilities = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.7, 0.6], [0.1, 0.2, 0.3]])
     targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    scores = f1_scores(probabilities, targets)
+    logits = torch.logit(probabilities)
+    preds = Predictions(targets, logits, {"image": logits, "text": logits.flip(1)}, {})
+    scores = multilabel_metrics(preds, {"fusion": 0.5, "image": 0.5, "text": 0.5})
     # class 0: tp 1 fn 1 -> 2/3; class 1: tp 1 fp 1 -> 2/3; class 2: tp 1 -> 1. Micro: tp 3, fp 1, fn 1.
     assert scores["micro_f1"] == pytest.approx(6 / 8)
     assert scores["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
     assert scores["weighted_f1"] == pytest.approx((2 * 2 / 3 + 1 * 2 / 3 + 1 * 1) / 4)
     assert scores["samples_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
-    metrics = pytest.importorskip("sklearn.metrics")
-    predicted = (probabilities > 0.5).int().numpy()
-    for average in ("micro", "macro", "weighted", "samples"):
-        expected = metrics.f1_score(targets.int().numpy(), predicted, average=average, zero_division=0)
-        assert scores[f"{average}_f1"] == pytest.approx(expected)
+    assert scores["per_modality_micro_f1"]["image"] == pytest.approx(6 / 8)
+    # Chosen on this split (validation): every threshold in (0.3, 0.6] gives tp 3, fp 1, fn 1
+    # (6/8); 0.3 lets row 2's 0.3 in (a false positive), above 0.6 row 1's 0.6 drops out
+    # (4/7); the smallest of the equal grid thresholds wins: 0.35.
+    chosen = multilabel_metrics(preds)
+    assert chosen["thresholds"]["fusion"] == pytest.approx(0.35) and chosen["micro_f1"] == pytest.approx(6 / 8)
+    with pytest.raises(KeyError, match=r"no threshold for heads \['text'\]"):
+        multilabel_metrics(preds, {"fusion": 0.5, "image": 0.5})
+
+
+def test_mmimdb_trains_with_workers_and_scores_the_test_split_at_validation_thresholds(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    root = make_mmimdb(tmp_path / "mmimdb")
+    out = tmp_path / "run"
+    args = ["reproduce", "--dataset", "mmimdb", "--root", str(root), "--out", str(out), "--epochs", "3"]
+    sets = [*SETS, "--set", "num_workers=2", "--set", "warmup_epochs=1"]
+    assert main([*args, "--no-progress", *sets]) == 0
+    printed = capsys.readouterr().out
+    assert "MM-IMDB (midas): test split, best-on-validation checkpoint (percent)" in printed
+    summary = json.loads(printed.strip().splitlines()[-1])
+    results = json.loads((out / "results.json").read_text())
+    run = results["midas"]
+    assert results["samples"] == {"train": 6, "val": 2, "test": 2} and len(run["history"]) == 3
+    best = run["history"][run["best_epoch"]]["val"]
+    assert run["test"]["thresholds"] == best["thresholds"]  # chosen on validation, applied to test
+    for key in ("micro_f1", "macro_f1", "weighted_f1", "samples_f1"):
+        assert 0.0 <= run["test"][key] <= 1.0 and summary["midas"][key] == run["test"][key]
+    assert set(run["test"]["per_modality_micro_f1"]) == {"image", "text"}
+    assert (out / "checkpoints" / "best.pt").is_file() and (out / "checkpoints" / "last.pt").is_file()
 
 
 # -- the configs -------------------------------------------------------------------------------
