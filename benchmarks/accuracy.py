@@ -117,8 +117,9 @@ def method_options(dataset: str, epochs: int, overrides: dict[str, Any] | None =
 
 
 def run_key(dataset: str, data: dict[str, Any], method: str, seed: int, epochs: int, options: dict[str, Any]) -> str:
-    if dataset in ("glyphs", "glyph_pairs"):  # explicit settings: a run keeps its key if the defaults change
-        data = {"image_noise": glyphs.DEFAULT_IMAGE_NOISE, "audio_snr_db": glyphs.DEFAULT_AUDIO_SNR_DB, **data}
+    defaults = {"glyphs": glyphs, "glyph_pairs": glyph_pairs}.get(dataset)
+    if defaults is not None:  # explicit settings: a run keeps its key if the defaults change
+        data = {"image_noise": defaults.DEFAULT_IMAGE_NOISE, "audio_snr_db": defaults.DEFAULT_AUDIO_SNR_DB, **data}
     key = {"dataset": dataset, "data": data, "method": method, "seed": seed, "epochs": epochs, "options": options}
     if dataset in DATA_VERSIONS:
         key["data_version"] = DATA_VERSIONS[dataset]

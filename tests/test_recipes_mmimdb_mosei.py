@@ -386,7 +386,7 @@ def test_configs_print_and_override(capsys):
     assert 'task = "7class"  # binary (score >= 0 is positive)' in capsys.readouterr().out
 
 
-def test_write_shards_per_standard_split_for_mosei_and_refused_for_mmimdb(tmp_path, capsys):
+def test_write_shards_per_standard_split_for_mosei_and_mmimdb_with_multi_hot_labels(tmp_path, capsys):
     pytest.importorskip("midas_data.streaming.writer")
     mosei, shards = make_mosei(tmp_path / "m"), tmp_path / "shards"
     args = ["reproduce", "--dataset", "mosei", "--root", str(mosei), "--write-shards", str(shards), "--no-progress"]
@@ -394,10 +394,18 @@ def test_write_shards_per_standard_split_for_mosei_and_refused_for_mmimdb(tmp_pa
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary["shards"]) == {"train", "val", "test"}
     assert all(list((shards / split).glob("*.tar")) for split in ("train", "val", "test"))
-    mmimdb = make_mmimdb(tmp_path / "mm")
-    args = ["reproduce", "--dataset", "mmimdb", "--root", str(mmimdb), "--write-shards", str(tmp_path / "s2")]
-    assert main([*args, "--no-progress", *SETS]) == 2
-    assert "--write-shards: not offered for the multi-label MM-IMDB recipe yet" in capsys.readouterr().err
+    mmimdb, shards = make_mmimdb(tmp_path / "mm"), tmp_path / "s2"
+    args = ["reproduce", "--dataset", "mmimdb", "--root", str(mmimdb), "--write-shards", str(shards)]
+    assert main([*args, "--no-progress", *SETS]) == 0
+    wds = pytest.importorskip("webdataset")
+    from midas_data.streaming import MidasBatches, ShardIndex
+
+    index = ShardIndex.load(shards / "train")
+    assert index.fields["label"] == "label.npy"
+    stage = MidasBatches(("image", "text"), "label", batch_size=6, index=index, num_classes=23, shuffle=False)
+    batches = list(wds.WebDataset(index.urls, shardshuffle=False, empty_check=False).compose(stage))
+    labels = torch.cat([b.labels for b in batches])
+    assert labels.shape == (6, 23) and labels[2].nonzero().flatten().tolist() == [0, 4, 22]  # movie 0003
 
 
 def test_the_imbalance_check_reads_mosei_on_its_split_and_refuses_multi_label(tmp_path, capsys):

@@ -285,3 +285,9 @@ def test_multi_hot_in_memory_labels_are_checked():
         T.InMemoryDataset({"x": torch.zeros(2, 3)}, torch.zeros(2, 2, dtype=torch.long))
     cached = T.cache_dataset([{"x": torch.zeros(3), "label": torch.tensor([0.0, 1.0])}] * 3, ["x"])
     assert cached.multilabel and cached.labels.shape == (3, 2)
+
+
+def test_ogm_ge_names_what_it_needs_on_multi_hot_labels():
+    splits = multi_hot_splits(32)
+    with pytest.raises(TypeError, match=r"ogm_ge: .*class ids \[B\]; got labels of shape \(16, 4\)"):
+        T.run("ogm_ge", splits, 4, T.TrainConfig(epochs=1, batch_size=16))

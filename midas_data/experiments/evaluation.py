@@ -27,6 +27,7 @@ __all__ = [
     "misaligned_logits",
     "evaluate",
     "evaluate_multilabel",
+    "multilabel_metrics",
     "headline",
     "split_metrics",
     "BN_PROTOCOLS",

@@ -55,8 +55,13 @@ class OGMGE(Method):
         head = getattr(model, "fusion_head", None)
         if not isinstance(head, nn.Linear):
             raise TypeError("ogm_ge: needs a model with a linear fusion_head over concatenated features")
-        output = model(batch.inputs)
         labels = batch.labels
+        if labels.dim() != 1:
+            raise TypeError(
+                f"ogm_ge: scores each modality by its softmax probability of the class and needs class ids [B]; "
+                f"got labels of shape {tuple(labels.shape)} (multi-hot labels: use joint, joint_heads, mixup or midas)"
+            )
+        output = model(batch.inputs)
         with torch.no_grad():
             scores, start = [], 0
             for m in model.modalities:

@@ -128,17 +128,15 @@ def _datasets(
 
 
 def _first_batch(scan: Scan, dataset: RecipeDataset, config: RecipeConfig) -> dict[str, list[int]]:
-    """Shapes of the first training batch: through the MIDAS loader, or for multi-label
-    data a plain DataLoader (its MIDAS batches need the core's multi-label support)."""
-    if isinstance(scan, SplitScan) and scan.multilabel:
-        from torch.utils.data import DataLoader
-
-        batch = next(iter(DataLoader(dataset, batch_size=config.batch_size, shuffle=False)))
-        return {m: list(batch[m].shape) for m in (*config.modalities, "label")}
+    """Shapes of the first training batch, through the MIDAS loader."""
     from ..loader import midas_loader
     from .train import shapes_of
 
-    loader = midas_loader(dataset, config.modalities, "label", batch_size=config.batch_size, seed=0)
+    multilabel = isinstance(scan, SplitScan) and scan.multilabel
+    num_classes = len(scan.classes) if multilabel else None
+    loader = midas_loader(
+        dataset, config.modalities, "label", batch_size=config.batch_size, seed=0, num_classes=num_classes
+    )
     return shapes_of(next(iter(loader)), config.modalities)
 
 
@@ -198,15 +196,16 @@ def run_reproduce(args: argparse.Namespace) -> dict[str, Any]:
         return {**summary, "first_batch": shapes}
 
     if args.write_shards:
-        if isinstance(scan, SplitScan) and scan.multilabel:
-            raise MidasDataError(f"--write-shards: not offered for the multi-label {recipe.title} recipe yet")
+        multilabel = isinstance(scan, SplitScan) and scan.multilabel
         from midas_data.streaming.writer import write_shards  # another part of the package; imported when used
 
         written = {}
         # Deterministic preprocessing for every split: middle frames, no flips.
         for name, plain in _datasets(scan, splits, recipe.readers(config, tokenizer), train=False).items():
             target = Path(args.write_shards) / name
-            index = write_shards(plain, target, list(config.modalities), "label", progress=progress)
+            index = write_shards(
+                plain, target, list(config.modalities), "label", progress=progress, multilabel=multilabel
+            )
             written[name] = {"folder": str(target), "index": repr(index)}
         log(f"shards written under {args.write_shards}")
         return {**summary, "shards": written}
