@@ -21,6 +21,13 @@ def is_distributed(group: Any = None) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
+def has_process_group() -> bool:
+    """Whether a default process group is initialised, of any size (DDP may wrap the model)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def world_size(group: Any = None) -> int:
     """The number of ranks of ``group``; 1 without an initialised process group."""
     import torch.distributed as dist

@@ -57,6 +57,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawn_ranks(main: Any, *args: Any, nprocs: int = 2) -> None:
+    """``main(rank, port, *args)`` on ``nprocs`` spawned processes; raises if any fails."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(main, args=(free_port(), *args), nprocs=nprocs, join=True)
+
+
 def init_gloo(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
     os.environ.update(

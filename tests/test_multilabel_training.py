@@ -2,13 +2,11 @@
 fed-back sampler, and a resume from checkpoints taken in the middle and at the end of an
 epoch, in loops that never call ``set_epoch``."""
 
-import datetime
 import io
-import os
 
 import pytest
 import torch
-from ranks import spawn_ranks
+from many_processes import init_gloo, leave_rank, spawn_ranks, tear_down_after_error
 from torch import nn
 
 from midas_data import LateFusionClassifier, MidasObjective, StatsTable, midas_loader, sync_stats
@@ -57,11 +55,9 @@ def step(net, fuse, objective, optimizer, batch):
 
 # -- two gloo ranks -------------------------------------------------------------------------
 def _rank_main(rank: int, port: int, out: str) -> None:
-    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    init_gloo(rank, 2, port)
     try:
         data = LabelSets(203, as_ids=True)  # uneven over 2 ranks x batches of 8
         table = StatsTable(len(data), MODS)
@@ -94,8 +90,10 @@ def _rank_main(rank: int, port: int, out: str) -> None:
             },
             f"{out}/rank{rank}.pt",
         )
+        del net, inner
+        leave_rank()
     finally:
-        dist.destroy_process_group()
+        tear_down_after_error()
 
 
 def test_two_gloo_ranks_train_multi_label_with_persistent_workers_and_bf16(tmp_path):

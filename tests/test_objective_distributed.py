@@ -3,7 +3,7 @@ rank, chosen from the statistic summed over the ranks, not from each rank's own 
 
 import torch
 import torch.multiprocessing as mp
-from many_processes import free_port, init_gloo, leave_rank, tear_down_after_error
+from many_processes import free_port, init_gloo, leave_rank, spawn_ranks, tear_down_after_error
 
 from midas_data import MidasObjective, MultimodalOutput
 from midas_data import functional as MF
@@ -48,3 +48,38 @@ def test_reference_variant_weights_one_modality_on_every_rank(tmp_path):
     for result in results:
         assert torch.equal(result["alpha"], torch.tensor([1.0, 2.0]))
     assert torch.equal(results[0]["after"], results[1]["after"])
+
+
+def _one_rank_ddp(rank: int, port: int, out: str) -> None:
+    """DDP on a single rank (a one-GPU torchrun job): warm-up steps train the unimodal heads
+    only, and DDP still needs a gradient for the fusion head's parameters."""
+    from many_processes import make_model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    init_gloo(rank, 1, port)
+    try:
+        inner = make_model()
+        net = DDP(inner)
+        objective = MidasObjective(inner.num_classes, inner.modalities, warmup_epochs=1)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(0)
+        for epoch in range(2):  # a warm-up epoch, then MIDAS
+            objective.set_epoch(epoch)
+            for _ in range(3):
+                inputs = {"audio": torch.randn(8, 8, generator=g), "video": torch.randn(8, 6, generator=g)}
+                labels = torch.randint(0, inner.num_classes, (8,), generator=g)
+                plan = MF.plan_pairs(labels, 2, g).sources
+                loss, _ = objective(net(inputs), labels=labels, plan=plan, fuse=inner.fuse)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        torch.save({"loss": float(loss)}, f"{out}/rank{rank}.pt")
+        del net, inner
+        leave_rank()
+    finally:
+        tear_down_after_error()
+
+
+def test_one_rank_under_ddp_trains_through_the_warm_up(tmp_path):
+    spawn_ranks(_one_rank_ddp, str(tmp_path), nprocs=1)
+    assert torch.isfinite(torch.tensor(torch.load(tmp_path / "rank0.pt")["loss"]))

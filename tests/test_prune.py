@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from ranks import spawn_ranks
+from many_processes import spawn_ranks
 from torch.utils.data import Dataset
 
 from midas_data import StatsTable, midas_loader

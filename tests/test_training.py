@@ -50,7 +50,10 @@ def step_losses(method: T.Method, steps: int = 40) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("name", sorted(n for n in T.METHODS if not n.startswith("unimodal_")))
+# midas_disjoint's pairing rule is for label sets: it trains in the multi-label test below.
+@pytest.mark.parametrize(
+    "name", sorted(n for n in T.METHODS if not n.startswith("unimodal_") and n != "midas_disjoint")
+)
 def test_every_method_has_a_finite_decreasing_loss(name):
     # No warm-up: the loss must mean the same thing from the first step to the last.
     method = T.make_method(name, NUM_CLASSES, ["a", "b"], {"warmup_epochs": 0})

@@ -36,7 +36,7 @@ from torch import nn
 from .. import functional as MF
 from ..controller import VARIANTS, WeakModalityController
 from ..data.batch import MidasBatch
-from ..distributed import is_distributed
+from ..distributed import has_process_group
 from ..models import MultimodalOutput
 from .checks import MisalignedTally, check_feature_dtypes, check_state_modalities, fusion_head, unpack_batch
 from .multilabel import MultilabelTerms
@@ -441,9 +441,10 @@ class MidasObjective(nn.Module):
     def _warmup_loss(self, aligned: _Aligned, labels: torch.Tensor, diagnostics: dict[str, Any]) -> torch.Tensor:
         self._no_misaligned(labels, diagnostics)
         loss = aligned.loss_uni.mean()
-        if is_distributed():
+        if has_process_group():
             # DDP (find_unused_parameters=False) needs a gradient for every parameter,
             # the fusion head's too: a zero one, which leaves warm-up training unchanged.
+            # One rank under DDP needs it as well, so any process group counts.
             loss = loss + 0.0 * aligned.loss_align.sum()
         return loss
 
