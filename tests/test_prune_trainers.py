@@ -128,9 +128,11 @@ def lightning_fit(n: int, *callbacks, ckpt_path=None, **trainer_args):
             self.objective = MidasObjective(C, MODALITIES, warmup_epochs=1)
             self.table = StatsTable(n, MODALITIES)
             self.seen: list = []
+            self.autocast: list[bool] = []
 
         def training_step(self, batch, batch_idx):
             self.seen.append((batch.epoch, batch.ids.tolist(), batch.extras["importance_weights"].tolist()))
+            self.autocast.append(torch.is_autocast_enabled("cpu"))
             return midas_step(self.objective, self.net, batch)
 
         def train_dataloader(self):
@@ -167,7 +169,8 @@ def test_lightning_trains_pruned_epochs_and_counts_the_steps_taken():
 
     n = 64
     announced = Announced()
-    module, trainer = lightning_fit(n, announced)
+    module, trainer = lightning_fit(n, announced, precision="bf16-mixed")  # as users train
+    assert module.autocast and all(module.autocast)
     lengths = check_epochs(module.seen, n)
     assert announced.counts == lengths
     assert trainer.global_step == sum(lengths) < EPOCHS * math.ceil(n / BATCH)
@@ -228,15 +231,18 @@ def hf_train(tmp_path, n: int, resume_from_checkpoint=None, **args):
         report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
         dataloader_num_workers=2, dataloader_persistent_workers=True, **{"save_strategy": "no", **args},
     )  # fmt: skip
+    model = net()
+    autocast: list[bool] = []  # inside the forward, where the Trainer applies mixed precision
+    model.fusion_head.register_forward_pre_hook(lambda *_: autocast.append(torch.is_autocast_enabled("cpu")))
     trainer = Recording(
-        model=net(),
+        model=model,
         args=training,
         train_dataset=dataset,
         objective=MidasObjective(C, MODALITIES, warmup_epochs=1),
         stats=StatsTable(n, MODALITIES),
         midas_loader_kwargs={"policy": PrunePolicy(num_epochs=EPOCHS)},
     )
-    trainer.seen = []
+    trainer.seen, trainer.autocast = [], autocast
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.train(resume_from_checkpoint=resume_from_checkpoint)
@@ -245,7 +251,8 @@ def hf_train(tmp_path, n: int, resume_from_checkpoint=None, **args):
 
 def test_midas_trainer_trains_pruned_epochs_and_counts_the_steps_taken(tmp_path):
     n = 64
-    t = hf_train(tmp_path, n)
+    t = hf_train(tmp_path, n, bf16=True)  # mixed precision, as users train
+    assert t.autocast and all(t.autocast)
     lengths = check_epochs(t.seen, n)
     assert t.state.global_step == sum(lengths) < EPOCHS * math.ceil(n / BATCH)
 
