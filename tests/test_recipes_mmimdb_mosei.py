@@ -214,7 +214,8 @@ def test_mosei_trains_on_its_split_single_label(tmp_path, capsys):
     root = make_mosei(tmp_path / "m")
     out = tmp_path / "run"
     args = ["reproduce", "--dataset", "mosei", "--root", str(root), "--out", str(out), "--epochs", "2"]
-    assert main([*args, "--no-progress", *SETS, "--set", "warmup_epochs=1"]) == 0
+    sets = [*SETS, "--set", "warmup_epochs=1", "--set", "num_workers=2"]  # workers, as users train
+    assert main([*args, "--no-progress", *sets]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary["midas"]["per_modality_accuracy"]) == {"text", "audio", "vision"}
     results = json.loads((out / "results.json").read_text())
