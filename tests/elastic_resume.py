@@ -8,8 +8,9 @@ Several jobs in one launch run one after the other. ``head`` trains epochs 0 and
 step of epoch 1) and ``NAME-end-rank{r}.pt`` (after the last step of epoch 1), plus every
 trained batch in ``NAME-head-rank{r}.pt``. ``tail`` resumes each of them on its own number of
 ranks, rank ``r`` loading old rank ``r % N``'s file as docs/distributed.md says, trains to
-the end of epoch 2 and writes its batches and the stats table at the end of epoch 1 (what
-epoch 2 is planned from) to ``NAME-WHICH-on{M}-rank{r}.pt``, WHICH being mid or end.
+the end of epoch 4 and writes its batches and the stats table at the end of every epoch
+from 1 on (what the next epoch is planned from) to ``NAME-WHICH-on{M}-rank{r}.pt``, WHICH
+being mid or end.
 DataLoader workers are on, persistent, as users train.
 """
 
@@ -29,15 +30,13 @@ from many_processes import MODALITIES, NUM_CLASSES, SyntheticPairs, make_model  
 
 from midas_data import MidasObjective, StatsTable, midas_loader, sync_stats  # noqa: E402
 
-SEED, BATCH, EPOCHS, MID_STEP = 3, 8, 3, 2
+SEED, BATCH, EPOCHS, MID_STEP = 3, 8, 5, 2
 WORKERS = {"num_workers": 1, "persistent_workers": True}
 
 
 def build(rank: int, world: int):
     dataset = SyntheticPairs()
-    # One rank trains without the DDP wrapper: the objective keeps the fusion head in warm-up
-    # steps (with weight zero) only on several ranks, and DDP on one rank would then stop.
-    model = make_model() if world == 1 else torch.nn.parallel.DistributedDataParallel(make_model())
+    model = torch.nn.parallel.DistributedDataParallel(make_model())  # one rank too, as torchrun runs it
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     table = StatsTable(len(dataset), MODALITIES)
     loader = midas_loader(
@@ -90,16 +89,14 @@ def tail(out: Path, name: str, which: str, rank: int, world: int) -> None:
     objective.load_state_dict(state["objective"])
     table.load_state_dict(state["stats"])
     loader.load_state_dict(state["loader"])
-    batches, lengths, table_after = [], [], None
+    batches, lengths, tables_after = [], [], {}
     for epoch in range(state["epoch"], EPOCHS):
         lengths.append(len(loader))
         for batch in loader:
             step(model, optimizer, objective, table, batch)
             batches.append({"epoch": epoch, "ids": batch.ids.tolist(), "batch_epoch": batch.epoch})
-        if epoch == 1:
-            table.flush()
-            table_after = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in table.state_dict().items()}
-    result = {"batches": batches, "lengths": lengths, "table_after_epoch_1": table_after, "old_world": old_world}
+        tables_after[epoch] = table.state_dict()  # flushed copies
+    result = {"batches": batches, "lengths": lengths, "tables_after": tables_after, "old_world": old_world}
     torch.save(result, out / f"{name}-{which}-on{world}-rank{rank}.pt")
 
 

@@ -5,8 +5,8 @@
 
 ``head`` fits the module of tests/lightning_resume.py (policy "hard", one persistent worker)
 and stops after the second batch of epoch 2 with ``DIR/stop.ckpt``; ``resume`` fits from it
-to the end. Each writes ``DIR/{phase}-rank{r}.json``: every trained batch, the plan of
-epoch 2 and, for ``resume``, the stats table after the last batch of epoch 2.
+to the end of epoch 5. Each writes ``DIR/{phase}-rank{r}.json``: every trained batch, the
+plan of epoch 2 and the stats table after the last batch of every epoch from 2 on.
 """
 
 from __future__ import annotations
@@ -27,23 +27,26 @@ from lightning_resume import Module, StopAt  # noqa: E402
 
 from midas_data.integrations.lightning import MidasCallback  # noqa: E402
 
+EPOCHS = 6
+
 
 class Watch(pl.Callback):
-    """Every trained batch, the plan of epoch 2, and the table once epoch 2's last batch is in."""
+    """Every trained batch, the plan of epoch 2, and the table once each epoch's last batch is in."""
 
     def __init__(self) -> None:
         self.steps: list[dict] = []
         self.plan: list[int] = []
-        self.table: list | None = None
+        self.tables: dict[int, dict] = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.steps.append({"epoch": trainer.current_epoch, "batch_idx": batch_idx, "ids": batch.ids.tolist()})
         sampler = trainer.train_dataloader.batch_sampler
         if trainer.current_epoch == 2:
             self.plan = sampler.current_plan.order.tolist()
-            if batch_idx == trainer.num_training_batches - 1:
-                state = pl_module.table.state_dict()
-                self.table = {"values": state["values"].tolist(), "last_step": state["last_step"].tolist()}
+        if trainer.current_epoch >= 2 and batch_idx == trainer.num_training_batches - 1:
+            state = pl_module.table.state_dict()
+            table = {"values": state["values"].tolist(), "last_step": state["last_step"].tolist()}
+            self.tables[trainer.current_epoch] = table
 
 
 def main() -> None:
@@ -61,7 +64,7 @@ def main() -> None:
         accelerator="cpu",
         devices=args.devices,
         strategy="ddp" if args.devices > 1 else "auto",
-        max_epochs=4,
+        max_epochs=EPOCHS,
         callbacks=callbacks,
         logger=False,
         enable_checkpointing=False,
@@ -73,7 +76,7 @@ def main() -> None:
         warnings.simplefilter("ignore")
         trainer.fit(module, ckpt_path=None if args.phase == "head" else str(ckpt))
     rank = int(os.environ.get("LOCAL_RANK", 0))
-    result = {"steps": watch.steps, "plan": watch.plan, "table": watch.table, "num_updates": module.table.num_updates}
+    result = {"steps": watch.steps, "plan": watch.plan, "tables": watch.tables, "num_updates": module.table.num_updates}
     partial = out / f"{args.phase}-rank{rank}.json.part"
     partial.write_text(json.dumps(result))
     partial.replace(out / f"{args.phase}-rank{rank}.json")

@@ -47,13 +47,19 @@ def test_lightning_resumes_on_another_number_of_devices(tmp_path, old, new):
     assert Counter(i for s in before + [s for rank in after for s in rank] for i in s["ids"]) == Counter(plan)
     steps = len(before) // old
     assert all([s["batch_idx"] for s in rank] == list(range(steps, steps + len(after[0]))) for rank in after)
-    # Epoch 3: the plan and split a new-device run draws from the table epoch 2 left.
-    table = StatsTable(N, MODALITIES)
-    state = table.state_dict()
-    state.update(values=torch.tensor(tails[0]["table"]["values"], dtype=state["values"].dtype))
-    state.update(last_step=torch.tensor(tails[0]["table"]["last_step"], dtype=state["last_step"].dtype))
-    table.load_state_dict(state)
-    for rank, tail in enumerate(tails):
-        reference = MidasBatchSampler(N, BATCH, policy="hard", stats=table, num_replicas=new, rank=rank)
-        reference.set_epoch(3)
-        assert [s["ids"] for s in tail["steps"] if s["epoch"] == 3] == list(reference)
+    # Epochs 3-5: each the plan and split a new-device run draws from the table the epoch
+    # before left (JSON keys are strings).
+    from lightning_elastic import EPOCHS
+
+    for epoch in range(3, EPOCHS):
+        table = StatsTable(N, MODALITIES)
+        state = table.state_dict()
+        left = tails[0]["tables"][str(epoch - 1)]
+        assert all(t["tables"][str(epoch - 1)] == left for t in tails)
+        state.update(values=torch.tensor(left["values"], dtype=state["values"].dtype))
+        state.update(last_step=torch.tensor(left["last_step"], dtype=state["last_step"].dtype))
+        table.load_state_dict(state)
+        for rank, tail in enumerate(tails):
+            reference = MidasBatchSampler(N, BATCH, policy="hard", stats=table, num_replicas=new, rank=rank)
+            reference.set_epoch(epoch)
+            assert [s["ids"] for s in tail["steps"] if s["epoch"] == epoch] == list(reference), (epoch, rank)
