@@ -3,13 +3,12 @@
 import datetime
 import hashlib
 import math
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from many_processes import leave_rank, tear_down_after_error
+from many_processes import free_port, leave_rank, tear_down_after_error
 
 from midas_data.feedback.columns import pack_statistics
 from midas_data.feedback.sampler import DistributedMidasBatchSampler
@@ -52,12 +51,6 @@ def test_without_a_process_group_everything_is_local():
     assert digest(table) == digest(reference)
     with pytest.raises(TypeError, match="int64"):
         all_gather_rows(ids.float(), packed)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank: int, port: int, results: str) -> None:
@@ -113,7 +106,7 @@ def _rank_main(rank: int, port: int, results: str) -> None:
 
 
 def test_two_gloo_ranks_get_identical_tables_and_plans(tmp_path):
-    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
 
     assert r0["big_digest"] == r1["big_digest"] and r0["small_digest"] == r1["small_digest"]

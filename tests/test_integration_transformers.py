@@ -2,12 +2,12 @@
 gradient accumulation, checkpoints, two processes under torchrun (the example script)."""
 
 import shutil
-import socket
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from many_processes import free_port
 from torch import nn
 
 transformers = pytest.importorskip("transformers")
@@ -183,9 +183,7 @@ def test_resuming_from_a_checkpoint_without_midas_state_is_refused(tmp_path):
 
 
 def test_two_processes_under_torchrun_share_epochs_once_with_one_alpha(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
     args += [str(ROOT / "examples" / "hf_trainer_train.py"), "--epochs", "3", "--samples", "100", "--batch-size", "8"]
     # Gradient accumulation too: MIDAS's collectives run inside DDP's no_sync steps.
@@ -201,9 +199,7 @@ def test_two_processes_with_workers_resume_exactly(tmp_path, step):
     uninterrupted run and ends with the same table, on both ranks."""
     import json
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
     args += [str(ROOT / "tests" / "hf_resume.py"), "--out", str(tmp_path), "--workers", "2", "--resume-step", str(step)]
     run_example(args, tmp_path, timeout=300)

@@ -6,14 +6,13 @@ import io
 import math
 import os
 import pickle
-import socket
 import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from many_processes import leave_rank, tear_down_after_error
+from many_processes import free_port, leave_rank, tear_down_after_error
 from torch.utils.data import DataLoader, Dataset
 
 from midas_data import LateFusionClassifier, MidasObjective
@@ -350,12 +349,6 @@ def test_batch_capacity_is_host_side_configuration():
         sync_stats(table, ids, per_sample(2), capacity=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 RANK_IDS = ([3, 7, 9], [9, 20])  # unequal row counts per rank, one shared id
 
 
@@ -404,7 +397,7 @@ def _capacity_rank(rank: int, port: int, out: str) -> None:
 
 
 def test_sync_stats_with_a_batch_capacity_needs_no_size_exchange(tmp_path):
-    mp.spawn(_capacity_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_capacity_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
     for r in (r0, r1):
         # Two gathers of capacity-long tensors (ids, then values); no size all-gather.

@@ -5,13 +5,12 @@ do not divide into its shards, shuffled, over five epochs (datasets deals the sh
 new order every epoch); loops that never call set_epoch; a forgotten split by rank."""
 
 import datetime
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from many_processes import leave_rank, tear_down_after_error
+from many_processes import free_port, leave_rank, tear_down_after_error
 from torch.utils.data import DataLoader
 
 from midas_data import MidasDataError
@@ -30,12 +29,6 @@ class Toy:
 
     def __getitem__(self, i: int) -> dict:
         return {"a": torch.full((3,), float(i)), "b": torch.full((2,), -float(i)), "label": i % 3}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _uneven_shards(root) -> ShardIndex:
@@ -142,7 +135,7 @@ def test_two_ranks_two_workers_four_uneven_shards(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
     _uneven_shards(shards)
-    mp.spawn(_rank_main, args=(_free_port(), str(shards), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(free_port(), str(shards), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
     runs = (("wds", sum(SIZES)), ("wds_auto", sum(SIZES)), ("hf_uneven", 150), ("hf_auto", 150))
     for path, total in runs:

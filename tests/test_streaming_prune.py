@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import datetime
 import math
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from many_processes import leave_rank, tear_down_after_error
+from many_processes import free_port, leave_rank, tear_down_after_error
 
 from midas_data import StatsTable
 from midas_data.feedback.prune import PrunePolicy
@@ -331,12 +330,6 @@ def test_prune_options_and_errors(tmp_path):
 
 
 # -- two real ranks -----------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, port: int, root: str, results: str) -> None:
     from pathlib import Path
 
@@ -387,7 +380,7 @@ def test_two_gloo_ranks_yield_equal_batches_in_pruned_epochs(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
     index = write_shards(shards)
-    mp.spawn(_rank_main, args=(_free_port(), str(shards), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(free_port(), str(shards), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
     full = MidasBatches(MODALITIES, batch_size=BATCH, index=index, window=WINDOW, rank=0, world_size=2)
     for epoch, ((p0, n0, ids0), (p1, n1, ids1)) in enumerate(zip(r0, r1)):
