@@ -1,5 +1,5 @@
-"""The README's plain loop runs as written, and the multi-process examples run on two CPU
-processes and print their JSON line."""
+"""The README's plain and multi-label loops run as written, and the multi-process examples
+run on two CPU processes and print their JSON line."""
 
 from __future__ import annotations
 
@@ -23,6 +23,19 @@ def test_the_readme_loop_runs_as_written():
     # The same code with 3 epochs past a 1-epoch warm-up, so the test stays short.
     code = code.replace("range(70)", "range(3)").replace("warmup_epochs=10", "warmup_epochs=1")
     code += "\nassert info['num_misaligned'] > 0 and objective.epoch == 2 and torch.isfinite(loss)\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_readme_multi_label_loop_runs_as_written():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Multi-label data") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 'task="multilabel"' in code and "num_workers=2" in code
+    code += (
+        "\nassert batch.labels.dtype == torch.float32 and batch.labels.shape[1] == 5"
+        "\nassert info['num_misaligned'] > 0 and objective.epoch == 4 and torch.isfinite(loss)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
 
