@@ -25,7 +25,8 @@ The pairing rules (a partner must differ from the anchor in its label set):
   every misaligned component then adds classes of its own;
 * ``"any"``: a random permutation, the reference code's form.
 
-This module imports nothing from the package (it sits on the floor of ``functional``).
+The shares ``c~`` and the plan layout are the single-label ones (``functional``,
+``pair_layout``); nothing else of the package is imported here.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .functional import normalized_confidences
 from .pair_layout import direction_blocks
 
 __all__ = [
@@ -42,7 +44,6 @@ __all__ = [
     "check_multi_hot",
     "label_set_confidence",
     "label_set_confidences",
-    "normalized_shares",
     "soft_targets",
     "misaligned_bce",
     "valid_partners",
@@ -75,15 +76,6 @@ def label_set_confidences(logits: Sequence[torch.Tensor], labels: torch.Tensor) 
     return torch.stack([label_set_confidence(z, labels) for z in logits], dim=1)
 
 
-def normalized_shares(confidences: torch.Tensor) -> torch.Tensor:
-    """``c / sum_m c`` row-wise over ``[K, M]``; equal shares where the sum underflows
-    (the single-label ``normalized_confidences``, restated here to keep this module's floor)."""
-    total = confidences.sum(dim=1, keepdim=True)
-    tiny = torch.finfo(confidences.dtype).tiny
-    equal = torch.full_like(confidences, 1.0 / confidences.shape[1])
-    return torch.where(total >= tiny, confidences / total.clamp_min(tiny), equal)
-
-
 def soft_targets(confidences: torch.Tensor, source_labels: torch.Tensor) -> torch.Tensor:
     """The soft target ``t = sum_m c~^m y_k(m)``, ``[K, C]``, from confidences ``[K, M]`` and
     the sources' multi-hot labels ``[K, M, C]``. Each entry lies in ``[0, 1]``."""
@@ -91,7 +83,7 @@ def soft_targets(confidences: torch.Tensor, source_labels: torch.Tensor) -> torc
         raise ValueError(
             f"source_labels {tuple(source_labels.shape)}: expected [K, M, C] with [K, M] = {tuple(confidences.shape)}"
         )
-    shares = normalized_shares(confidences.detach().float())
+    shares = normalized_confidences(confidences.detach().float())
     return (shares.unsqueeze(2) * source_labels.float()).sum(dim=1)
 
 
@@ -119,7 +111,7 @@ def misaligned_bce(
         raise ValueError(
             f"alpha {tuple(alpha.shape)} and weights {tuple(weights.shape)}: expected [{modalities}] and [{rows}]"
         )
-    shares = normalized_shares(confidences.detach().float())
+    shares = normalized_confidences(confidences.detach().float())
     logits = fusion_logits.float().unsqueeze(1).expand(-1, modalities, -1)
     per_source = F.binary_cross_entropy_with_logits(logits, source_labels.float(), reduction="none").mean(dim=2)
     per_row = (alpha.detach().float() * shares * per_source).sum(dim=1)

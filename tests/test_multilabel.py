@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from midas_data import LateFusionClassifier, MidasObjective, StatsTable, midas_loader
+from midas_data import functional as MF
 from midas_data import multilabel as ML
 from midas_data.data.collate import MidasCollate
 from midas_data.errors import MidasDataError
@@ -60,7 +61,7 @@ def test_misaligned_bce_by_hand():
     assert z.grad is not None and torch.isfinite(z.grad).all()
     # The fusion head's shares q: exp(-0.287682) = 0.75 and exp(-1.386294) = 0.25.
     fused = ML.label_set_confidence(z.detach().unsqueeze(1).expand(-1, 2, -1), sources)
-    assert torch.allclose(ML.normalized_shares(fused), torch.tensor([[0.75, 0.25]]), atol=1e-6)
+    assert torch.allclose(MF.normalized_confidences(fused), torch.tensor([[0.75, 0.25]]), atol=1e-6)
 
 
 def test_ids_to_multi_hot():
