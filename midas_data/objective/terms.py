@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .. import functional as MF
 from .checks import validate_step
 
-__all__ = ["SingleLabelTerms", "per_anchor_means"]
+__all__ = ["SingleLabelTerms"]
 
 
 class SingleLabelTerms:
@@ -44,16 +44,3 @@ class SingleLabelTerms:
     def source_confidences(logits: torch.Tensor, source_labels: torch.Tensor) -> torch.Tensor:
         """The fusion head's probability on each component's class, ``[K, M]``, detached."""
         return logits.detach().float().softmax(dim=1).gather(1, source_labels.long())
-
-
-def per_anchor_means(anchors: torch.Tensor, batch_size: int, values: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Mean of each ``[K]`` value over the rows of each anchor, ``[B]`` (0 where none), plus
-    a ``[B]`` bool of which anchors had rows."""
-    counts = torch.zeros(batch_size, device=anchors.device).index_add_(
-        0, anchors, torch.ones_like(anchors, dtype=torch.float32)
-    )
-    means = [
-        torch.zeros(batch_size, device=anchors.device).index_add_(0, anchors, v.float()) / counts.clamp_min(1.0)
-        for v in values
-    ]
-    return means + [counts > 0]
