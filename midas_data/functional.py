@@ -41,6 +41,7 @@ __all__ = [
     "swap_features",
     "pair_importance_weights",
     "PAIR_WEIGHTINGS",
+    "per_anchor_means",
 ]
 
 PARTNER_RULES = ("different_label", "any")
@@ -392,3 +393,16 @@ def swap_features(features: Sequence[torch.Tensor], plan: torch.Tensor) -> list[
     if plan.shape[1] != len(features):
         raise ValueError(f"plan: expected {len(features)} columns (one per modality), got {plan.shape[1]}")
     return [f.index_select(0, plan[:, m]) for m, f in enumerate(features)]
+
+
+def per_anchor_means(anchors: torch.Tensor, batch_size: int, values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Mean of each ``[K]`` value over the rows of each anchor, ``[B]`` (0 where none), plus
+    a ``[B]`` bool of which anchors had rows."""
+    counts = torch.zeros(batch_size, device=anchors.device).index_add_(
+        0, anchors, torch.ones_like(anchors, dtype=torch.float32)
+    )
+    means = [
+        torch.zeros(batch_size, device=anchors.device).index_add_(0, anchors, v.float()) / counts.clamp_min(1.0)
+        for v in values
+    ]
+    return means + [counts > 0]

@@ -10,6 +10,7 @@ the first batch does not spend an epoch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -22,7 +23,7 @@ from .feedback.epochs import EpochCursor
 from .feedback.sampler import MidasBatchSampler, shared_epoch
 from .feedback.stats import StatsTable
 
-__all__ = ["MidasDataLoader", "counting_loader_class", "midas_loader", "set_epoch"]
+__all__ = ["MidasDataLoader", "attach_importance_weights", "counting_loader_class", "midas_loader", "set_epoch"]
 
 
 class _CountingIterator:
@@ -94,20 +95,25 @@ class _CountsPasses:
         return _CountingIterator(make, cursor, lambda: len(self), weigh)  # type: ignore[arg-type]
 
 
+def weighs_batches(sampler: Any) -> bool:
+    """Whether ``sampler`` has importance weights to attach: a policy other than ``uniform``."""
+    return getattr(sampler, "policy", "uniform") != "uniform" and hasattr(sampler, "importance_weights")
+
+
+def attach_importance_weights(sampler: Any, batch: Any) -> None:
+    """Put ``sampler``'s importance weights of ``batch`` into ``batch.extras["importance_weights"]``,
+    where :class:`~midas_data.MidasObjective` finds them (weights the batch already carries
+    stay). Call it in the main process as the batch is received, while the sampler still
+    holds that batch's epoch plan (workers fetch indices ahead, but the next plan is made
+    only when the next pass starts)."""
+    if weighs_batches(sampler) and isinstance(batch, MidasBatch) and "importance_weights" not in batch.extras:
+        batch.extras["importance_weights"] = sampler.importance_weights(batch.ids)
+
+
 def _importance_weigher(sampler: Any) -> Callable[[Any], None] | None:
-    """Under a policy other than ``uniform``: a function that puts the sampler's importance
-    weights of each delivered batch into ``batch.extras["importance_weights"]``, where
-    :class:`~midas_data.MidasObjective` finds them. It runs in the main process as the
-    caller receives the batch, while the sampler still holds that batch's epoch plan
-    (workers fetch indices ahead, but the next plan is made only when the next pass starts)."""
-    if getattr(sampler, "policy", "uniform") == "uniform" or not hasattr(sampler, "importance_weights"):
-        return None
-
-    def weigh(batch: Any) -> None:
-        if isinstance(batch, MidasBatch) and "importance_weights" not in batch.extras:
-            batch.extras["importance_weights"] = sampler.importance_weights(batch.ids)
-
-    return weigh
+    """:func:`attach_importance_weights` for each batch ``sampler`` delivers, or ``None`` under
+    the uniform policy (nothing to attach)."""
+    return functools.partial(attach_importance_weights, sampler) if weighs_batches(sampler) else None
 
 
 _LOADER_FORMAT = "midas_data.MidasDataLoader/1"

@@ -31,7 +31,7 @@ from ..data.batch import MidasBatch
 from ..feedback.sampler import MidasBatchSampler
 from ..feedback.stats import StatsTable
 from ..feedback.sync import sync_stats
-from ..loader import midas_loader
+from ..loader import attach_importance_weights, midas_loader
 from ..objective import MidasObjective
 from .step import check_output, midas_loss
 
@@ -168,11 +168,9 @@ class MidasTrainer(Trainer):
         """The MIDAS loss on a training :class:`MidasBatch`; the fusion head's cross-entropy on
         the Trainer's own (evaluation) batches."""
         if isinstance(inputs, MidasBatch):
-            sampler = self.midas_sampler
-            if sampler is not None and sampler.policy != "uniform" and "importance_weights" not in inputs.extras:
-                # Accelerate serves the batches through its own loader, past midas_loader's
-                # iterator that attaches them elsewhere; the sampler holds this epoch's plan.
-                inputs.extras["importance_weights"] = sampler.importance_weights(inputs.ids)
+            # Accelerate serves the batches through its own loader, past midas_loader's
+            # iterator that attaches the weights elsewhere; the sampler holds this epoch's plan.
+            attach_importance_weights(self.midas_sampler, inputs)
             batch = inputs.to(self.args.device)
             loss, diagnostics = midas_loss(self.objective, model, batch)
             self._feed_back(batch, diagnostics)
@@ -187,7 +185,7 @@ class MidasTrainer(Trainer):
         labels = inputs.get(self.label_names[0]) if self.label_names else None
         if labels is None:
             raise KeyError(f"MidasTrainer: the batch has no label column {self.label_names} (it has {list(inputs)})")
-        if getattr(self.objective, "task", "single_label") == "multilabel":
+        if self.objective.task == "multilabel":
             loss = F.binary_cross_entropy_with_logits(output.fusion_logits.float(), labels.float())
         else:
             loss = F.cross_entropy(output.fusion_logits, labels)

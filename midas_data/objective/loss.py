@@ -517,7 +517,7 @@ class MidasObjective(nn.Module):
     def _per_sample_statistics(self, mis: _Misaligned, loss_rows: torch.Tensor, batch_size: int) -> dict[str, Any]:
         """Per aligned row: mean similarity and misaligned loss of its copies, and whether
         it had any (the stats table's columns)."""
-        similarity, loss, has = _per_anchor_means(mis.anchors, batch_size, [mis.similarity, loss_rows.detach()])
+        similarity, loss, has = MF.per_anchor_means(mis.anchors, batch_size, [mis.similarity, loss_rows.detach()])
         return {"similarity": similarity, "misaligned_loss": loss, "has_misaligned": has}
 
     # -- helpers -----------------------------------------------------------------------
@@ -546,16 +546,3 @@ def _fusion_autocast(features: list[torch.Tensor]) -> contextlib.AbstractContext
     if not torch.amp.is_autocast_available(device_type) or torch.is_autocast_enabled(device_type):
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=low[0])
-
-
-def _per_anchor_means(anchors: torch.Tensor, batch_size: int, values: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Mean of each ``[K]`` value over the rows of each anchor, ``[B]`` (0 where none), plus
-    a ``[B]`` bool of which anchors had rows."""
-    counts = torch.zeros(batch_size, device=anchors.device).index_add_(
-        0, anchors, torch.ones_like(anchors, dtype=torch.float32)
-    )
-    means = [
-        torch.zeros(batch_size, device=anchors.device).index_add_(0, anchors, v.float()) / counts.clamp_min(1.0)
-        for v in values
-    ]
-    return means + [counts > 0]
