@@ -347,7 +347,7 @@ def test_multilabel_metrics_by_hand_and_as_scikit_learn_at_thresholds_from_valid
         multilabel_metrics(preds, {"fusion": 0.5, "image": 0.5})
 
 
-def test_mmimdb_trains_with_workers_and_scores_the_test_split_at_validation_thresholds(tmp_path, capsys):
+def test_mmimdb_trains_with_workers_scores_at_validation_thresholds_and_resumes(tmp_path, capsys):
     pytest.importorskip("sklearn")
     root = make_mmimdb(tmp_path / "mmimdb")
     out = tmp_path / "run"
@@ -366,6 +366,16 @@ def test_mmimdb_trains_with_workers_and_scores_the_test_split_at_validation_thre
         assert 0.0 <= run["test"][key] <= 1.0 and summary["midas"][key] == run["test"][key]
     assert set(run["test"]["per_modality_micro_f1"]) == {"image", "text"}
     assert (out / "checkpoints" / "best.pt").is_file() and (out / "checkpoints" / "last.pt").is_file()
+    # Resumed from the epoch-end checkpoint to five epochs, as the single-label recipes resume.
+    args[-1] = "5"
+    assert main([*args, "--no-progress", *sets]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*args, "--resume", "--no-progress", *sets]) == 0
+    run = json.loads((out / "results.json").read_text())["midas"]
+    assert [r["epoch"] for r in run["history"]] == [0, 1, 2, 3, 4]
+    assert run["test"]["thresholds"] == run["history"][run["best_epoch"]]["val"]["thresholds"]
+    saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["state"]["epoch"] == 4 and saved["objective"]["_extra_state"]["epoch"] == 4
 
 
 # -- the configs -------------------------------------------------------------------------------

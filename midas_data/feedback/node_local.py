@@ -335,7 +335,7 @@ def node_buffer(
 
 
 def fingerprint(*tensors: torch.Tensor | None, kind: int = 0) -> int:
-    """A 63-bit checksum of an operation's inputs (host tensors)."""
+    """A CRC-32 of an operation's kind and inputs (host tensors)."""
     crc = zlib.crc32(kind.to_bytes(4, "little"))
     for t in tensors:
         if t is None:

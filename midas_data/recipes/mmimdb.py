@@ -12,11 +12,12 @@ with a genre of :data:`LEFT_OUT` (News, Adult, Talk-Show, Reality-TV: too rare t
 is left out, as the usual preprocessing does; any other genre outside the list is an
 error naming the file. Text: the longest plot text, as token ids from a tokenizer the
 user supplies (``--tokenizer``; without one, UTF-8 bytes), padded to ``text_length``;
-image: 224 x 224 RGB. Encoders as Food-101's. Training uses the objective's multi-label
-form (``MidasObjective(..., task="multilabel")`` on multi-hot float labels ``[B, C]``)
-and reports scikit-learn's micro-, macro-, weighted- and samples-F1, every head at the
-global threshold that maximises its micro-F1 on validation (chosen again at every epoch,
-and the selected epoch's thresholds score the test split).
+image: 224 x 224 RGB. Encoders as Food-101's. Training is the recipes' run
+(``train.py``, checkpoints and ``--resume``) with the objective's multi-label form
+(``MidasObjective(..., task="multilabel")`` on multi-hot float labels ``[B, C]``); it
+reports scikit-learn's micro-, macro-, weighted- and samples-F1, every head at the global
+threshold that maximises its micro-F1 on validation (chosen again at every epoch, and the
+selected epoch's thresholds score the test split).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import MidasDataError
 from . import food101
@@ -37,7 +37,7 @@ from .config import RecipeConfig
 from .readers import ByteTokenizer, FramesReader, TextReader
 from .reproduce import SplitScan
 
-__all__ = ["GENRES", "LEFT_OUT", "RECIPE", "scan", "multi_hot", "MultiHotDataset", "train_multilabel"]
+__all__ = ["GENRES", "LEFT_OUT", "RECIPE", "scan", "multi_hot", "MultiHotDataset"]
 
 GENRES = (
     "Drama",
@@ -195,112 +195,6 @@ class PlotReader(TextReader):
     def __call__(self, files: Sequence[Path], train: bool) -> torch.Tensor:
         record = _load_json(files[0], "the movie's record with 'plot' and 'genres'")
         return self.encode(plot_text(record, files[0]), files[0])
-
-
-@torch.no_grad()
-def _evaluate(
-    model: nn.Module,
-    loader: Any,
-    device: torch.device,
-    modalities: Sequence[str],
-    thresholds: Mapping[str, float] | None = None,
-) -> dict[str, Any]:
-    """F1 of every head (:func:`~midas_data.experiments.evaluation.multilabel_metrics`):
-    thresholds chosen here when ``None`` (validation), else those given (test)."""
-    from ..experiments.evaluation import multilabel_metrics, predict_batches
-
-    batches = (({m: batch[m].to(device) for m in modalities}, batch["label"]) for batch in loader)
-    return multilabel_metrics(predict_batches(model, batches), thresholds)
-
-
-def train_multilabel(
-    model: nn.Module,
-    datasets: Mapping[str, Any],
-    config: RecipeConfig,
-    *,
-    device: torch.device,
-    out: Path,
-    progress: bool = True,
-    log: Any = print,
-) -> dict[str, Any]:
-    """Train on ``datasets["train"]`` with the objective's multi-label form (or, for
-    ``method="joint"``, binary cross-entropy on the fusion logits), select on
-    ``config.metrics[0]`` of ``"val"``, score ``"test"`` once with the selected weights.
-    SGD and StepLR after the warm-up, as the single-label runs; ``best.pt`` and ``last.pt``
-    under ``out/checkpoints`` (no resume)."""
-    import torch.nn.functional as F
-    from torch.utils.data import DataLoader
-
-    from ..loader import midas_loader, set_epoch
-    from ..objective import MidasObjective
-
-    num_classes = int(model.num_classes)
-    checkpoints = out / "checkpoints"
-    if (checkpoints / "last.pt").exists():
-        raise FileExistsError(f"{checkpoints / 'last.pt'}: a run is already here; choose another --out")
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    model.to(device)
-    midas = config.method == "midas"
-    objective = MidasObjective(
-        num_classes,
-        tuple(config.modalities),
-        task="multilabel",
-        warmup_epochs=config.warmup_epochs,
-        lam=config.lam,
-        eta=config.eta,
-        alpha_max=config.alpha_max,
-        variant=config.variant,
-    )
-    workers = {"num_workers": config.num_workers, "pin_memory": device.type == "cuda"}
-    train_loader = midas_loader(
-        datasets["train"],
-        tuple(config.modalities),
-        "label",
-        batch_size=config.batch_size,
-        seed=config.seed,
-        num_classes=num_classes,
-        **workers,
-    )
-    evaluation = {
-        s: DataLoader(datasets[s], batch_size=config.batch_size, shuffle=False, **workers) for s in ("val", "test")
-    }
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-    warmup = config.warmup_epochs if midas else 0
-    selection = config.metrics[0]
-    history: list[dict[str, Any]] = []
-    best_epoch, best_score, thresholds = -1, -1.0, None
-    for epoch in range(config.epochs):
-        set_epoch(train_loader, epoch)
-        objective.set_epoch(epoch)
-        model.train()
-        total, steps = 0.0, 0
-        for batch in train_loader:
-            batch = batch.to(device, non_blocking=True)
-            output = model(batch.inputs)
-            if midas:
-                loss, _ = objective(output, batch, fuse=model.fuse)
-            else:
-                loss = F.binary_cross_entropy_with_logits(output.fusion_logits, batch.labels.float())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + float(loss.detach()), steps + 1
-        if epoch + 1 > warmup:
-            scheduler.step()
-        val = _evaluate(model, evaluation["val"], device, config.modalities)
-        history.append({"epoch": epoch, "train_loss": total / max(steps, 1), "val": val})
-        if progress:
-            log(f"epoch {epoch}: loss {total / max(steps, 1):.4f}, val {selection} {val[selection]:.4f}")
-        if val[selection] > best_score:
-            best_epoch, best_score, thresholds = epoch, val[selection], val["thresholds"]
-            torch.save(model.state_dict(), checkpoints / "best.pt")
-        torch.save({"model": model.state_dict(), "epoch": epoch, "history": history}, checkpoints / "last.pt")
-    model.load_state_dict(torch.load(checkpoints / "best.pt", map_location=device, weights_only=True))
-    test = _evaluate(model, evaluation["test"], device, config.modalities, thresholds)
-    return {"history": history, "test": test, "best_epoch": best_epoch}
 
 
 def readers(config: RecipeConfig, tokenizer: Any = None) -> dict[str, Reader]:

@@ -102,6 +102,10 @@ def _config(args: argparse.Namespace) -> RecipeConfig:
     return config
 
 
+def _multilabel(scan: Scan) -> bool:
+    return isinstance(scan, SplitScan) and scan.multilabel
+
+
 def _splits(scan: Scan, config: RecipeConfig) -> dict[str, list[int]]:
     from .split import stratified_split
 
@@ -132,8 +136,7 @@ def _first_batch(scan: Scan, dataset: RecipeDataset, config: RecipeConfig) -> di
     from ..loader import midas_loader
     from .train import shapes_of
 
-    multilabel = isinstance(scan, SplitScan) and scan.multilabel
-    num_classes = len(scan.classes) if multilabel else None
+    num_classes = len(scan.classes) if _multilabel(scan) else None
     loader = midas_loader(
         dataset, config.modalities, "label", batch_size=config.batch_size, seed=0, num_classes=num_classes
     )
@@ -196,7 +199,6 @@ def run_reproduce(args: argparse.Namespace) -> dict[str, Any]:
         return {**summary, "first_batch": shapes}
 
     if args.write_shards:
-        multilabel = isinstance(scan, SplitScan) and scan.multilabel
         from midas_data.streaming.writer import write_shards  # another part of the package; imported when used
 
         written = {}
@@ -204,7 +206,7 @@ def run_reproduce(args: argparse.Namespace) -> dict[str, Any]:
         for name, plain in _datasets(scan, splits, recipe.readers(config, tokenizer), train=False).items():
             target = Path(args.write_shards) / name
             index = write_shards(
-                plain, target, list(config.modalities), "label", progress=progress, multilabel=multilabel
+                plain, target, list(config.modalities), "label", progress=progress, multilabel=_multilabel(scan)
             )
             written[name] = {"folder": str(target), "index": repr(index)}
         log(f"shards written under {args.write_shards}")
@@ -244,7 +246,7 @@ def _train(
     dims = {m: int(e.out_features) for m, e in encoders.items()}
     model = LateFusionClassifier(encoders, dims, len(scan.classes))
     log(f"training {config.method} on {args.device} for {config.epochs} epochs; run folder {out}")
-    if isinstance(scan, SplitScan) and scan.multilabel:
+    if _multilabel(scan):
         return _train_multilabel(args, config, recipe, model, datasets, summary, out, device, log, progress)
     run = train_run(model, datasets, config, device=device, out=out, resume=args.resume, progress=progress, log=log)
     name = config.method
@@ -289,12 +291,11 @@ def _train_multilabel(
     log: Any,
     progress: bool,
 ) -> dict[str, Any]:
-    """A multi-label run (MM-IMDB): its own loop and F1 metrics, results.json in ``out``."""
-    from .mmimdb import train_multilabel
+    """A multi-label run (MM-IMDB): the same training run (F1 metrics, thresholds chosen on
+    validation), results.json in ``out`` (the report's plots read single-label metrics)."""
+    from .train import train_run
 
-    if args.resume:
-        raise MidasDataError(f"--resume: not offered for the multi-label {recipe.title} recipe yet")
-    run = train_multilabel(model, datasets, config, device=device, out=out, progress=progress, log=log)
+    run = train_run(model, datasets, config, device=device, out=out, resume=args.resume, progress=progress, log=log)
     print(f"{recipe.title} ({config.method}): test split, best-on-validation checkpoint (percent)")
     print("  ".join(f"{k} {100 * run['test'][k]:.2f}" for k in config.metrics))
     extra = {"config": config.to_dict(), "samples": summary["samples"], "skipped": summary["skipped"]}

@@ -21,7 +21,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import functional as MF
-from ..experiments.evaluation import Predictions, misaligned_plan, predict_batches, split_metrics
+from ..experiments.evaluation import (
+    Predictions,
+    headline,
+    misaligned_plan,
+    multilabel_metrics,
+    predict_batches,
+    split_metrics,
+)
 from ..loader import midas_loader, set_epoch
 from ..models import LateFusionClassifier
 from .config import RecipeConfig
@@ -34,7 +41,7 @@ def make_method(config: RecipeConfig, num_classes: int) -> Any:
     from ..experiments import JointTraining, MidasMethod
 
     if config.method == "joint":
-        return JointTraining(heads=False)
+        return JointTraining(heads=False)  # cross-entropy, or per-class BCE on multi-hot labels
     return MidasMethod(
         num_classes,
         config.modalities,
@@ -43,6 +50,7 @@ def make_method(config: RecipeConfig, num_classes: int) -> Any:
         eta=config.eta,
         alpha_max=config.alpha_max,
         variant=config.variant,
+        task="multilabel" if config.task == "multilabel" else "single_label",
     )
 
 
@@ -57,11 +65,20 @@ def predict_stream(model: LateFusionClassifier, loader: DataLoader, device: torc
 
 @torch.no_grad()
 def evaluate_stream(
-    model: LateFusionClassifier, loader: DataLoader, device: torch.device, eval_seed: int
+    model: LateFusionClassifier,
+    loader: DataLoader,
+    device: torch.device,
+    eval_seed: int,
+    thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The toolkit's aligned and misaligned metrics (see
-    :func:`midas_data.experiments.evaluate`), computed from a streamed pass."""
+    :func:`midas_data.experiments.evaluate`), computed from a streamed pass. Multi-hot
+    labels: F1 at ``thresholds`` (chosen here when ``None``: pass ``None`` on validation
+    and validation's thresholds on test), see
+    :func:`~midas_data.experiments.evaluation.multilabel_metrics`."""
     preds = predict_stream(model, loader, device)
+    if preds.labels.dim() == 2:
+        return multilabel_metrics(preds, thresholds)
     modalities = list(model.modalities)
     plan = misaligned_plan(preds.labels, len(modalities), eval_seed)
     swapped = MF.swap_features([preds.features[m] for m in modalities], plan.to(device))
@@ -110,9 +127,11 @@ def train_run(
     workers: dict[str, Any] = {"num_workers": config.num_workers, "pin_memory": device.type == "cuda"}
     if config.num_workers > 0:
         workers["persistent_workers"] = True
+    multilabel = config.task == "multilabel"
     train_loader = midas_loader(
-        datasets["train"], config.modalities, "label", batch_size=config.batch_size, seed=config.seed, **workers
-    )
+        datasets["train"], config.modalities, "label", batch_size=config.batch_size, seed=config.seed,
+        num_classes=num_classes if multilabel else None, **workers,
+    )  # fmt: skip
     eval_loaders = {
         split: DataLoader(datasets[split], batch_size=config.batch_size, shuffle=False, **workers)
         for split in ("val", "test")
@@ -122,7 +141,11 @@ def train_run(
     )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     warmup = config.warmup_epochs if config.method == "midas" else 0
-    state: dict[str, Any] = {"epoch": -1, "history": [], "best_epoch": -1, "best_accuracy": -1.0, "alpha_steps": []}
+    # best_accuracy: the selection figure, micro-F1 for multi-label (headline); best_thresholds:
+    # the multi-label thresholds chosen on validation at the best epoch, which score the test split.
+    state: dict[str, Any] = {
+        "epoch": -1, "history": [], "best_epoch": -1, "best_accuracy": -1.0, "best_thresholds": None, "alpha_steps": []
+    }  # fmt: skip
     if resume and last_path.exists():
         saved = torch.load(last_path, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
@@ -170,8 +193,9 @@ def train_run(
             state["history"].append(record)
             state["alpha_steps"] = list(alpha_steps or [])
             state["epoch"] = epoch
-            if val["accuracy"] > state["best_accuracy"]:
-                state["best_accuracy"], state["best_epoch"] = val["accuracy"], epoch
+            if headline(val) > state["best_accuracy"]:
+                state["best_accuracy"], state["best_epoch"] = headline(val), epoch
+                state["best_thresholds"] = val.get("thresholds")
                 torch.save(model.state_dict(), best_path)
             objective = getattr(method, "objective", None)
             checkpoint = {
@@ -186,12 +210,12 @@ def train_run(
             torch.save(checkpoint, last_path.with_suffix(".tmp"))
             last_path.with_suffix(".tmp").replace(last_path)  # never a half-written checkpoint
             if bar is not None:
-                bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val['accuracy']:.3f}")
+                bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{headline(val):.3f}")
     finally:
         if bar is not None:
             bar.close()
     model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
-    test = evaluate_stream(model, eval_loaders["test"], device, config.eval_seed)
+    test = evaluate_stream(model, eval_loaders["test"], device, config.eval_seed, state.get("best_thresholds"))
     return {
         "history": state["history"],
         "test": test,
