@@ -130,33 +130,16 @@ def plan_pairs(
     if rule == "any":
         partner = torch.randperm(batch, generator=generator, device=gen_device)
         valid = torch.ones(batch, dtype=torch.bool, device=gen_device)
-        if num_modalities > 2:
-            extra = torch.randint(
-                batch, (num_modalities, batch, num_modalities), generator=generator, device=gen_device
-            )
     else:
         partner, valid = _other_class_partners(y, generator)
-        if num_modalities > 2:
-            # Independent sources per modality, uniform over the batch; the row keeps
-            # modality r from the anchor. At least one source must have another label:
-            # where none has, one replaced modality takes the anchor's other-class partner.
-            extra = torch.randint(
-                batch, (num_modalities, batch, num_modalities), generator=generator, device=gen_device
-            )
-            forced = torch.randint(num_modalities - 1, (num_modalities, batch), generator=generator, device=gen_device)
 
     def lacks_other(src: torch.Tensor) -> torch.Tensor:
+        # At least one source must have another label: where none has, one replaced
+        # modality takes the anchor's other-class partner (direction_blocks).
         return ~(y[src] != y.unsqueeze(1)).any(dim=1)
 
-    sources, anchors, unpaired = direction_blocks(
-        rows,
-        partner,
-        valid,
-        num_modalities,
-        extra if num_modalities > 2 else None,
-        forced if num_modalities > 2 and rule == "different_label" else None,
-        lacks_other if rule == "different_label" else None,
-    )
+    rule_check = lacks_other if rule == "different_label" else None
+    sources, anchors, unpaired = direction_blocks(rows, partner, valid, num_modalities, generator, rule_check)
     return PairPlan(sources.to(device), anchors.to(device), unpaired)
 
 

@@ -168,22 +168,12 @@ def plan_pairs_multilabel(
         valid = torch.ones(batch, dtype=torch.bool, device=gen_device)
     else:
         partner, valid = _draw_partners(allowed, generator)
-    if num_modalities > 2:
-        extra = torch.randint(batch, (num_modalities, batch, num_modalities), generator=generator, device=gen_device)
-        forced = torch.randint(num_modalities - 1, (num_modalities, batch), generator=generator, device=gen_device)
 
     def lacks_other(src: torch.Tensor) -> torch.Tensor:
         return ~allowed[rows.unsqueeze(1), src].any(dim=1)
 
-    sources, anchors, unpaired = direction_blocks(
-        rows,
-        partner,
-        valid,
-        num_modalities,
-        extra if num_modalities > 2 else None,
-        forced if num_modalities > 2 else None,
-        lacks_other if rule != "any" else None,
-    )
+    rule_check = lacks_other if rule != "any" else None
+    sources, anchors, unpaired = direction_blocks(rows, partner, valid, num_modalities, generator, rule_check)
     return sources.to(device), anchors.to(device), unpaired
 
 
