@@ -18,10 +18,8 @@ from ..errors import MidasDataError
 from ..experiments.config import TrainConfig
 from ..experiments.datasets import InMemoryDataset, cache_dataset
 from ..models import LateFusionClassifier
-from .common import RecipeDataset
 from .config import apply_overrides, recipe_config
-from .reproduce import SplitScan
-from .split import stratified_split
+from .reproduce import SplitScan, dataset_maker, scan_splits
 
 __all__ = ["recipe_check_inputs"]
 
@@ -42,16 +40,12 @@ def recipe_check_inputs(
     config = apply_overrides(recipe_config(name), list(overrides))
     root = Path(root)
     scan = recipe.scan(root, config, skip_unreadable=False, check_media=False)
-    make = RecipeDataset
-    if isinstance(scan, SplitScan):  # a dataset that ships its own split (MM-IMDB, CMU-MOSEI)
-        if scan.multilabel:
-            raise MidasDataError(
-                f"dataset {name!r} is multi-label; the imbalance check compares single-label accuracies "
-                "(alone against the head under joint training) and does not read multi-label data yet"
-            )
-        splits, make = scan.splits, scan.dataset
-    else:
-        splits = stratified_split(scan.labels(), config.split, config.split_seed)
+    if isinstance(scan, SplitScan) and scan.multilabel:
+        raise MidasDataError(
+            f"dataset {name!r} is multi-label; the imbalance check compares single-label accuracies "
+            "(alone against the head under joint training) and does not read multi-label data yet"
+        )
+    splits, make = scan_splits(scan, config), dataset_maker(scan)
     readers = recipe.readers(config, None)
     train_rows = list(splits["train"])
     if max_samples is not None and max_samples < len(train_rows):

@@ -25,7 +25,15 @@ from ..errors import MidasDataError
 from .common import RecipeDataset, Scan
 from .config import RecipeConfig, apply_overrides, recipe_config
 
-__all__ = ["add_arguments", "run_reproduce", "load_tokenizer", "count_table", "SplitScan"]
+__all__ = [
+    "add_arguments",
+    "run_reproduce",
+    "load_tokenizer",
+    "count_table",
+    "SplitScan",
+    "scan_splits",
+    "dataset_maker",
+]
 
 
 @dataclass
@@ -106,12 +114,18 @@ def _multilabel(scan: Scan) -> bool:
     return isinstance(scan, SplitScan) and scan.multilabel
 
 
-def _splits(scan: Scan, config: RecipeConfig) -> dict[str, list[int]]:
+def scan_splits(scan: Scan, config: RecipeConfig) -> dict[str, list[int]]:
+    """Sample indices per split: the dataset's own split, else the 70/10/20 re-split."""
     from .split import stratified_split
 
     if isinstance(scan, SplitScan):
         return scan.splits
     return stratified_split(scan.labels(), config.split, config.split_seed)
+
+
+def dataset_maker(scan: Scan) -> Callable[..., RecipeDataset]:
+    """How a split's dataset is built: ``maker(samples, readers, train=...)``."""
+    return scan.dataset if isinstance(scan, SplitScan) else RecipeDataset
 
 
 def _split_words(scan: Scan, config: RecipeConfig) -> str:
@@ -124,7 +138,7 @@ def _datasets(
     scan: Scan, splits: dict[str, list[int]], readers: dict[str, Any], train: bool = True
 ) -> dict[str, RecipeDataset]:
     """One dataset per split; ``train=False`` reads the training split as evaluation does."""
-    make = scan.dataset if isinstance(scan, SplitScan) else RecipeDataset
+    make = dataset_maker(scan)
     return {
         name: make([scan.samples[i] for i in idx], readers, train=train and name == "train")
         for name, idx in splits.items()
@@ -174,7 +188,7 @@ def run_reproduce(args: argparse.Namespace) -> dict[str, Any]:
     scan = recipe.scan(root, config, skip_unreadable=args.skip_unreadable, check_media=args.skip_unreadable)
     if args.skip_unreadable:
         log(scan.skipped_summary())
-    splits = _splits(scan, config)
+    splits = scan_splits(scan, config)
     tokenizer = load_tokenizer(args.tokenizer)
     datasets = _datasets(scan, splits, recipe.readers(config, tokenizer))
     summary: dict[str, Any] = {
