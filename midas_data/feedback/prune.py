@@ -22,7 +22,7 @@ import torch
 from .epochs import EpochCursor, SavedPosition
 from .planning import EpochPlan, _generator, index_dtype, stat_moments, stat_values
 
-__all__ = ["PrunePolicy", "PRUNE_SCORES", "prune_plan", "upcoming_epoch"]
+__all__ = ["PrunePolicy", "PRUNE_SCORES", "prune_plan", "prune_policy_of", "upcoming_epoch"]
 
 PRUNE_SCORES = ("loss", "misaligned_loss", "similarity")
 
@@ -130,3 +130,21 @@ def upcoming_epoch(cursor: EpochCursor) -> tuple[int, SavedPosition | None]:
     if cursor.started and not cursor.pinned:
         return (cursor.epoch + 1, None) if cursor.last_pass_counts else (-1, None)
     return cursor.epoch, None
+
+
+def prune_policy_of(policy: object, num_epochs: int | None) -> PrunePolicy | None:
+    """The :class:`PrunePolicy` that ``policy=`` (and ``num_epochs=``) ask for, or ``None``
+    when the policy is not ``prune``: a ``PrunePolicy`` instance, or ``"prune"`` with
+    ``num_epochs`` (the other options at their defaults); the sampler's and the stream
+    stage's ``policy=`` and ``num_epochs=`` read the same way."""
+    if isinstance(policy, PrunePolicy):
+        if num_epochs is not None and policy.num_epochs != num_epochs:
+            raise ValueError(
+                f"num_epochs={num_epochs!r} disagrees with PrunePolicy(num_epochs={policy.num_epochs!r}); give it once"
+            )
+        return policy
+    if policy == "prune":
+        return PrunePolicy(num_epochs=num_epochs)
+    if num_epochs is not None:
+        raise ValueError("num_epochs: only for policy='prune' (or give it to PrunePolicy)")
+    return None

@@ -32,7 +32,7 @@ from ..functional import pair_importance_weights
 from .elastic import other_replicas, rest_bounds, rest_of_epoch, saved_rest, upcoming_rest
 from .epochs import EpochCursor, SavedPosition, checked_epoch, shared_epoch
 from .planning import POLICIES, EpochPlan, batch_bounds, choose_weak_modality, plan_from_snapshot
-from .prune import PrunePolicy, prune_plan, upcoming_epoch
+from .prune import PrunePolicy, prune_plan, prune_policy_of, upcoming_epoch
 from .recreate import record_init_arguments, replicas_of
 from .sampler_checks import FORMAT as _FORMAT
 from .sampler_checks import check_wrapper, checked_state
@@ -145,11 +145,7 @@ class MidasBatchSampler(Sampler[list[int]]):
         sampler: Any = None,
         num_epochs: int | None = None,
     ) -> None:
-        prune = policy if isinstance(policy, PrunePolicy) else None
-        if policy == "prune":
-            prune = PrunePolicy(num_epochs=num_epochs)
-        elif num_epochs is not None and (prune is None or prune.num_epochs != num_epochs):
-            raise ValueError("num_epochs: only for policy='prune' (or give it to PrunePolicy)")
+        prune = prune_policy_of(policy, num_epochs)
         policy_arg, policy = policy, ("prune" if prune is not None else policy)
         if sampler is not None:
             num_replicas, rank = replicas_of(sampler, num_replicas, rank)

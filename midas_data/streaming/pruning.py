@@ -28,26 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..feedback.prune import PrunePolicy
-
-__all__ = ["stream_prune_policy", "window_drops", "kept_samples", "pruned_bounds", "prune_window"]
-
-
-def stream_prune_policy(policy: object, num_epochs: int | None) -> PrunePolicy | None:
-    """The :class:`PrunePolicy` that ``policy=`` (and ``num_epochs=``) ask for, or ``None``
-    when the policy is not ``prune``; the forms of ``MidasBatchSampler``: a ``PrunePolicy``
-    instance, or ``"prune"`` with ``num_epochs`` (the other options at their defaults)."""
-    if isinstance(policy, PrunePolicy):
-        if num_epochs is not None and policy.num_epochs != num_epochs:
-            raise ValueError(
-                f"num_epochs={num_epochs!r} disagrees with PrunePolicy(num_epochs={policy.num_epochs!r}); give it once"
-            )
-        return policy
-    if policy == "prune":
-        return PrunePolicy(num_epochs=num_epochs)
-    if num_epochs is not None:
-        raise ValueError("num_epochs: only for policy='prune' (or give it to PrunePolicy)")
-    return None
+__all__ = ["window_drops", "kept_samples", "pruned_bounds", "prune_window"]
 
 
 def window_drops(size: int, ratio: float) -> int:

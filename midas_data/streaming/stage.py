@@ -46,13 +46,13 @@ from ..data.collate import CollateFn, MidasCollate
 from ..errors import MidasDataError, MidasDataWarning
 from ..feedback.epochs import checked_epoch, shared_epoch
 from ..feedback.planning import POLICIES, choose_weak_modality
-from ..feedback.prune import PrunePolicy
+from ..feedback.prune import PrunePolicy, prune_policy_of
 from ..feedback.stats import StatsTable
 from .balance import split_sizes
 from .decode import Decoder, SampleReader
 from .faults import MAX_WORKERS, SkipHandler, ValueAgreement, epoch_report, upstream_failure
 from .ids import ShardIndex
-from .pruning import prune_window, stream_prune_policy
+from .pruning import prune_window
 from .shares import _SKIPPED, _SOURCE, SKIP_COUNTS, WorkerShares
 from .window import draw_window
 
@@ -182,7 +182,7 @@ class MidasBatches(WorkerShares):
             raise TypeError("modalities: expected a sequence of field names, e.g. ('image', 'audio')")
         if not isinstance(batch_size, int) or batch_size < 2:
             raise ValueError(f"batch_size: expected an int >= 2 (a misaligned row needs a partner), got {batch_size!r}")
-        prune = stream_prune_policy(policy, num_epochs)
+        prune = prune_policy_of(policy, num_epochs)
         if prune is not None:
             policy = "prune"
         elif policy not in POLICIES:
