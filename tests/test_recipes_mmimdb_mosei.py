@@ -213,7 +213,7 @@ def test_mosei_dry_run_prints_the_split_counts_and_first_batch(tmp_path, capsys)
 def test_mosei_trains_on_its_split_single_label(tmp_path, capsys):
     root = make_mosei(tmp_path / "m")
     out = tmp_path / "run"
-    args = ["reproduce", "--dataset", "mosei", "--root", str(root), "--out", str(out), "--epochs", "2"]
+    args = ["reproduce", "--dataset", "mosei", "--root", str(root), "--out", str(out), "--epochs", "5"]
     sets = [*SETS, "--set", "warmup_epochs=1", "--set", "num_workers=2"]  # workers, as users train
     assert main([*args, "--no-progress", *sets]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

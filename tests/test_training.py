@@ -269,7 +269,7 @@ def test_methods_train_multi_hot_labels_and_test_at_validation_thresholds(name):
     splits = multi_hot_splits()
     assert splits["train"].multilabel and splits["train"][1]["label"].tolist() == [0.0, 1.0, 0.0, 0.0]
     options = {"task": "multilabel", "warmup_epochs": 1}
-    config = T.TrainConfig(epochs=4, batch_size=16, bn_protocols=("precise", "as_trained"))
+    config = T.TrainConfig(epochs=5, batch_size=16, bn_protocols=("precise", "as_trained"))
     result = T.run(name, splits, 4, config, options=options)
     for protocol, test in result.tests.items():
         chosen = result.fit.selected[protocol]
